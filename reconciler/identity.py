@@ -1,0 +1,110 @@
+"""A job's identity and its fully resolved spec.
+
+The id is 16 hex chars of sha256 over what defines the trained artifact
+(`model`, `mode`, `hyper`, `split_recipe`, `train_hosts`, `seed`), after
+[defaults] are applied. Scheduling fields and the trainer's command are left
+out on purpose: moving a script or raising a priority must not retrain the fleet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from reconciler.schema import Defaults, Job, Trainer
+
+IDENTITY_FIELDS = ("model", "mode", "hyper", "split_recipe", "train_hosts", "seed")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job with defaults applied: what eligibility, workers and status use."""
+
+    job_id: str
+    index: int
+    name: str
+    model: str
+    mode: str | None
+    priority: int
+    require_cuda: bool
+    prefer_cuda: bool
+    min_vram_gib: float
+    min_ram_gib: float
+    min_cores: int
+    allowed_hosts: tuple[str, ...] | None
+    denied_hosts: tuple[str, ...]
+    hyper: dict[str, Any] = field(hash=False)
+    split_recipe: str | None
+    train_hosts: tuple[str, ...] | None
+    seed: int
+    n_resamples: int | None
+    cancel: bool
+    command: tuple[str, ...]
+    workdir: str | None
+    timeout_s: float | None
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "mode": self.mode,
+            "hyper": self.hyper,
+            "split_recipe": self.split_recipe,
+            "train_hosts": list(self.train_hosts) if self.train_hosts is not None else None,
+            "seed": self.seed,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec a trainer reads from $TRAINLEDGER_SPEC."""
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            **self.identity(),
+            "n_resamples": self.n_resamples,
+            "priority": self.priority,
+        }
+
+
+def job_id_of(spec_or_identity: JobSpec | dict[str, Any]) -> str:
+    identity = (
+        spec_or_identity.identity() if isinstance(spec_or_identity, JobSpec) else spec_or_identity
+    )
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0) -> JobSpec:
+    def pick(name: str, fallback: Any) -> Any:
+        value = getattr(job, name)
+        if value is None:
+            value = getattr(defaults, name)
+        return fallback if value is None else value
+
+    allowed = pick("allowed_hosts", None)
+    train_hosts = pick("train_hosts", None)
+    spec = JobSpec(
+        job_id="",
+        index=index,
+        name=job.name,
+        model=job.model,
+        mode=pick("mode", None),
+        priority=pick("priority", 0),
+        require_cuda=pick("require_cuda", False),
+        prefer_cuda=pick("prefer_cuda", False),
+        min_vram_gib=pick("min_vram_gib", 0.0),
+        min_ram_gib=pick("min_ram_gib", 0.0),
+        min_cores=pick("min_cores", 0),
+        allowed_hosts=tuple(allowed) if allowed is not None else None,
+        denied_hosts=tuple(pick("denied_hosts", ())),
+        hyper=dict(job.hyper),
+        split_recipe=pick("split_recipe", None),
+        train_hosts=tuple(train_hosts) if train_hosts is not None else None,
+        seed=pick("seed", 0),
+        n_resamples=pick("n_resamples", None),
+        cancel=job.cancel,
+        command=tuple(trainer.command),
+        workdir=trainer.workdir,
+        timeout_s=trainer.timeout_s,
+    )
+    return replace(spec, job_id=job_id_of(spec))

@@ -1,0 +1,404 @@
+"""The ledger port: read a revision, write "a new commit on the tip I just read".
+
+Every actor keeps a local bare cache of the ledger. A write fetches `main`,
+builds a commit on that tip and pushes it: a compare-and-swap on the ref. A lost
+race is retried from the new tip with exponential backoff and full jitter; an
+ambiguous push (error, timeout) is resolved by fetching and checking whether
+our commit landed before anything is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from reconciler import trailers
+from reconciler.access import Access, load_access
+from reconciler.errors import (
+    GitError,
+    LedgerError,
+    LostRace,
+    ManifestError,
+    PushAmbiguous,
+    PushRejected,
+)
+from reconciler.gitrepo import EMPTY_TREE, GitRepo, Signature
+from reconciler.manifest import LoadedManifest, load_manifest
+from reconciler.schema import Heartbeat, JobState, state_path
+from reconciler.sshconn import ssh_env
+
+log = logging.getLogger("trainledger.ledger")
+
+MAIN = "refs/heads/main"
+CACHED_MAIN = "refs/remotes/ledger/main"
+HEARTBEATS = "refs/heartbeats/"
+CACHED_HEARTBEATS = "refs/remotes/heartbeats/"
+STATE_RE = re.compile(r"^state/([0-9a-f]{2})/([0-9a-f]{16})\.json$")
+TOP_LEVEL_FILES = ("manifest.toml", "access.toml", "README.md")
+
+
+def compute_backoff(
+    attempt: int, *, base: float = 0.05, cap: float = 2.0, rng: random.Random | None = None
+) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (AWS's analysis)."""
+    return (rng or random).uniform(0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything at one revision of main, parsed."""
+
+    revision: str
+    manifest: LoadedManifest | None
+    manifest_error: str | None
+    access: Access
+    states: dict[str, JobState]
+    state_errors: dict[str, str] = field(default_factory=dict)
+    stray_paths: tuple[str, ...] = ()
+
+    def state(self, job_id: str) -> JobState | None:
+        return self.states.get(job_id)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What a writer wants to commit on the tip it read."""
+
+    files: dict[str, bytes]
+    changes: list[trailers.Change]
+    subject: str | None = None
+    body: str = ""
+
+    @classmethod
+    def of_states(
+        cls, states: list[JobState], changes: list[trailers.Change], subject: str | None = None,
+        body: str = "",
+    ) -> Proposal:
+        return cls({s.path: s.to_json().encode() for s in states}, changes, subject, body)
+
+
+class PushStatus(Enum):
+    WON = "won"
+    LOST = "lost"
+    REJECTED = "rejected"
+    AMBIGUOUS = "ambiguous"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    status: PushStatus
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    commit: str | None  # None: the builder had nothing to write
+    snapshot: Snapshot  # the snapshot the (last) proposal was built on
+    lost_races: int = 0
+
+
+@dataclass(frozen=True)
+class HeartbeatRecord:
+    worker: str
+    sha: str
+    beat: Heartbeat | None
+    error: str | None
+    commit_time: float
+
+
+_LOST_MARKERS = (
+    "non-fast-forward", "fetch first", "stale info", "cannot lock ref", "failed to update ref",
+    "failed to lock", "but expected", "incorrect old value",
+)
+
+
+class Ledger:
+    """A ledger at `url`, read and written through the local bare cache `cache`."""
+
+    def __init__(
+        self,
+        url: str,
+        cache: Path,
+        identity: str,
+        *,
+        email_domain: str = "trainledger",
+        push_timeout_s: float = 60.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self.identity = identity
+        self.email = f"{identity}@{email_domain}"
+        self.push_timeout_s = push_timeout_s
+        self.rng = rng or random.Random()
+        self.clock = clock
+        cache = Path(cache)
+        env = {"TRAINLEDGER_IDENTITY": identity, **ssh_env(url, cache.parent)}
+        if (cache / "HEAD").exists():
+            self.repo = GitRepo(cache, env)
+        else:
+            self.repo = GitRepo.init_bare(cache, env)
+            self.repo.git("config", "gc.auto", "256")
+            self.repo.git("config", "gc.pruneExpire", "1.hour.ago")
+        self._states: dict[str, JobState | str] = {}  # blob sha -> parsed state or error
+        self._manifest: tuple[str, LoadedManifest | None, str | None] | None = None
+        self._access: tuple[str | None, Access] | None = None
+        self._heartbeat_lease: str | None = None
+
+    def close(self) -> None:
+        self.repo.close()
+
+    # ------------------------------------------------------------------- reads
+
+    def fetch(self, *, heartbeats: bool = False, timeout: float | None = None) -> str | None:
+        """Fetch main (and every heartbeat ref); return the tip, None if main is absent."""
+        specs = [f"+{MAIN}:{CACHED_MAIN}"]
+        if heartbeats:
+            specs.append(f"+{HEARTBEATS}*:{CACHED_HEARTBEATS}*")
+        proc = self.repo.git(
+            "fetch", "--quiet", "--no-tags", "--prune", "--no-write-fetch-head", self.url, *specs,
+            check=False, timeout=timeout or self.push_timeout_s,
+        )
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()
+            if "couldn't find remote ref" in err:
+                return None
+            raise GitError(f"fetch from {self.url} failed: {err}", stderr=err)
+        return self.repo.rev_parse(CACHED_MAIN)
+
+    def tip(self) -> str | None:
+        return self.repo.rev_parse(CACHED_MAIN)
+
+    def snapshot(self, revision: str | None = None) -> Snapshot:
+        rev = revision or self.tip()
+        if rev is None:
+            raise LedgerError(f"{self.url}: the ledger has no main branch (run `reconciler init`)")
+        entries = self.repo.ls_tree(rev)
+        wanted: list[str] = []
+        state_blobs: dict[str, tuple[str, str]] = {}  # job id -> (path, blob)
+        manifest_blob = access_blob = None
+        stray: list[str] = []
+        for e in entries:
+            m = STATE_RE.match(e.path)
+            if e.mode != "100644" or e.type != "blob":
+                stray.append(e.path)
+            elif m and m.group(1) == m.group(2)[:2]:
+                state_blobs[m.group(2)] = (e.path, e.sha)
+                if e.sha not in self._states:
+                    wanted.append(e.sha)
+            elif e.path == "manifest.toml":
+                manifest_blob = e.sha
+            elif e.path == "access.toml":
+                access_blob = e.sha
+            elif e.path not in TOP_LEVEL_FILES:
+                stray.append(e.path)
+        if manifest_blob and (self._manifest is None or self._manifest[0] != manifest_blob):
+            wanted.append(manifest_blob)
+        if self._access is None or self._access[0] != access_blob:
+            if access_blob:
+                wanted.append(access_blob)
+        blobs = self.repo.read_objects(wanted) if wanted else {}
+        for job_id, (_path, blob) in state_blobs.items():
+            if blob not in self._states:
+                self._states[blob] = parse_state(blobs[blob][1] if blobs.get(blob) else b"", job_id)
+        loaded, error = self._load_manifest(manifest_blob, blobs)
+        access = self._load_access(access_blob, blobs)
+        states: dict[str, JobState] = {}
+        errors: dict[str, str] = {}
+        for job_id, (path, blob) in state_blobs.items():
+            parsed = self._states[blob]
+            if isinstance(parsed, JobState):
+                states[job_id] = parsed
+            else:
+                errors[path] = parsed
+        return Snapshot(rev, loaded, error, access, states, errors, tuple(stray))
+
+    def _load_manifest(
+        self, blob: str | None, blobs: dict[str, tuple[str, bytes] | None]
+    ) -> tuple[LoadedManifest | None, str | None]:
+        if blob is None:
+            return None, "manifest.toml is missing"
+        if self._manifest is None or self._manifest[0] != blob:
+            data = blobs.get(blob)
+            try:
+                loaded, error = load_manifest(data[1] if data else b""), None
+            except ManifestError as exc:
+                loaded, error = None, str(exc)
+            self._manifest = (blob, loaded, error)
+        return self._manifest[1], self._manifest[2]
+
+    def _load_access(self, blob: str | None, blobs: dict[str, tuple[str, bytes] | None]) -> Access:
+        if self._access is None or self._access[0] != blob:
+            data = blobs.get(blob) if blob else None
+            self._access = (blob, load_access(data[1] if data else None))
+        return self._access[1]
+
+    # ------------------------------------------------------------------ writes
+
+    def signature(self) -> Signature:
+        return Signature(self.identity, self.email, self.clock())
+
+    def commit(self, base: str | None, proposal: Proposal) -> str:
+        base_tree = self.repo.commit_tree(base) if base else None
+        tree = self.repo.edit_tree(base_tree, proposal.files)
+        subject = proposal.subject or trailers.subject_for(proposal.changes, self.identity)
+        message = trailers.render(subject, proposal.changes, self.identity, proposal.body)
+        return self.repo.write_commit(tree, [base] if base else [], self.signature(), message)
+
+    def push(self, sha: str, ref: str = MAIN, *, lease: str | None = None) -> PushResult:
+        args = ["push", "--porcelain", "--quiet", self.url]
+        if lease is not None:
+            args.insert(1, f"--force-with-lease={ref}:{lease}")
+            args.append(f"+{sha}:{ref}")
+        else:
+            args.append(f"{sha}:{ref}")
+        try:
+            proc = self.repo.git(*args, check=False, timeout=self.push_timeout_s)
+        except GitError as exc:
+            return PushResult(PushStatus.AMBIGUOUS, str(exc))
+        out = proc.stdout.decode(errors="replace")
+        err = proc.stderr.decode(errors="replace")
+        status_lines = [ln for ln in out.splitlines() if ln[:1] in "!=*+- " and "\t" in ln]
+        if proc.returncode == 0 and status_lines and status_lines[0][0] != "!":
+            return PushResult(PushStatus.WON)
+        text = f"{out}\n{err}"
+        remote = " ".join(
+            ln.removeprefix("remote:").strip() for ln in err.splitlines()
+            if ln.startswith("remote:") and ln.removeprefix("remote:").strip()
+        )
+        if any(marker in text for marker in _LOST_MARKERS) and "hook declined" not in text:
+            return PushResult(PushStatus.LOST, text.strip())
+        if "hook declined" in text or ("[remote rejected]" in text) or "[rejected]" in text:
+            return PushResult(PushStatus.REJECTED, remote or text.strip())
+        return PushResult(PushStatus.AMBIGUOUS, text.strip())
+
+    def landed(self, sha: str) -> bool:
+        tip = self.fetch()
+        return tip is not None and self.repo.is_ancestor(sha, tip)
+
+    def write(
+        self,
+        build: Callable[[Snapshot], Proposal | None],
+        *,
+        max_tries: int = 50,
+        deadline_s: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> WriteOutcome:
+        """Fetch, build on the tip, push; on a lost race, rebuild from the new tip.
+
+        `build` is called again after every lost race, so it must re-check
+        everything it relies on (the job is still pending, still ours, ...)."""
+        start = time.monotonic()
+        lost = 0
+        for attempt in range(max_tries):
+            tip = self.fetch()
+            snap = self.snapshot(tip)
+            proposal = build(snap)
+            if proposal is None:
+                return WriteOutcome(None, snap, lost)
+            sha = self.commit(tip, proposal)
+            result = self.push(sha)
+            if result.status is PushStatus.AMBIGUOUS:
+                log.warning("push result unknown (%s); checking whether it landed", result.message)
+                try:
+                    if self.landed(sha):
+                        result = PushResult(PushStatus.WON)
+                except GitError as exc:
+                    raise PushAmbiguous(
+                        f"push of {sha[:12]} to {self.url}: result unknown and the ledger is "
+                        f"unreachable ({exc})", commit=sha,
+                    ) from exc
+            if result.status is PushStatus.WON:
+                self.repo.update_ref(CACHED_MAIN, sha)
+                return WriteOutcome(sha, snap, lost)
+            if result.status is PushStatus.REJECTED:
+                raise PushRejected(f"{self.url} refused the push: {result.message}",
+                                   commit=sha, reason=result.message)
+            lost += 1
+            if time.monotonic() - start > deadline_s:
+                break
+            sleep(compute_backoff(attempt, rng=self.rng))
+        raise LostRace(f"gave up after {lost} lost races on {self.url}", lost_races=lost)
+
+    # -------------------------------------------------------------- heartbeats
+
+    def push_heartbeat(self, beat: Heartbeat) -> str:
+        """Replace refs/heartbeats/<identity> with a parentless, tree-less commit:
+        old beats become unreachable and housekeeping drops them."""
+        ref = f"{HEARTBEATS}{self.identity}"
+        message = json.dumps(beat.model_dump(mode="json", exclude_none=True), sort_keys=True)
+        sig = self.signature()
+        self.repo.write_object("tree", b"")
+        sha = self.repo.write_commit(EMPTY_TREE, [], sig, f"heartbeat {self.identity}\n\n{message}")
+        if self._heartbeat_lease is None:
+            self._heartbeat_lease = self._remote_ref(ref) or ""
+        result = self.push(sha, ref, lease=self._heartbeat_lease)
+        if result.status is PushStatus.WON:
+            self._heartbeat_lease = sha
+            return sha
+        self._heartbeat_lease = None  # re-read the remote value before the next beat
+        if result.status is PushStatus.REJECTED:
+            raise PushRejected(f"heartbeat refused: {result.message}", reason=result.message)
+        raise GitError(f"heartbeat push failed ({result.status.value}): {result.message}")
+
+    def _remote_ref(self, ref: str) -> str | None:
+        proc = self.repo.git("ls-remote", self.url, ref, timeout=self.push_timeout_s)
+        line = proc.stdout.decode().strip()
+        return line.split()[0] if line else None
+
+    def heartbeats(self) -> dict[str, HeartbeatRecord]:
+        """Heartbeat refs as of the last `fetch(heartbeats=True)`."""
+        refs = self.repo.refs(CACHED_HEARTBEATS)
+        objs = self.repo.read_objects(refs.values())
+        out = {}
+        for ref, sha in refs.items():
+            worker = ref.removeprefix(CACHED_HEARTBEATS)
+            found = objs.get(sha)
+            beat, error, when = None, None, 0.0
+            if found and found[0] == "commit":
+                header, _, message = found[1].partition(b"\n\n")
+                when = _commit_time(header)
+                try:
+                    payload = message.decode().split("\n\n", 1)[-1]
+                    beat = Heartbeat.model_validate_json(payload)
+                except (ValidationError, UnicodeDecodeError) as exc:
+                    error = f"unreadable heartbeat: {str(exc).splitlines()[0]}"
+            else:
+                error = "heartbeat ref is not a commit"
+            out[worker] = HeartbeatRecord(worker, sha, beat, error, when)
+        return out
+
+
+def _commit_time(header: bytes) -> float:
+    for line in header.split(b"\n"):
+        if line.startswith(b"committer "):
+            try:
+                return float(line.rsplit(b" ", 2)[1])
+            except (IndexError, ValueError):
+                return 0.0
+    return 0.0
+
+
+def parse_state(data: bytes, job_id: str) -> JobState | str:
+    """A state file, or the error naming its path and field."""
+    path = state_path(job_id)
+    if len(data) > 64 * 1024:
+        return f"{path}: state file is {len(data)} bytes, over 64 KiB"
+    try:
+        state = JobState.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(file)"
+        return f"{path}: field {where!r}: {first['msg']}"
+    if state.job_id != job_id:
+        return f"{path}: job_id {state.job_id} does not match its path"
+    return state

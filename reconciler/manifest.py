@@ -1,0 +1,158 @@
+"""Loading the manifest: bytes in, a validated `LoadedManifest` or one readable
+`ManifestError` out, never a traceback (RELIABILITY.md, bad-input matrix).
+
+Order matters: size cap, strict UTF-8, TOML parse with `RecursionError` caught,
+pydantic with `extra="forbid"`, then the cross-field rules pydantic cannot see
+(hyper keys the trainer does not declare, duplicate names and identities).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from reconciler.errors import ManifestError
+from reconciler.identity import JobSpec, job_id_of, resolve
+from reconciler.schema import Manifest
+
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    manifest: Manifest
+    specs: dict[str, JobSpec]  # by job id, in manifest order
+
+    @property
+    def fleet(self):  # noqa: ANN201 - Fleet, kept short for callers
+        return self.manifest.fleet
+
+    def by_name(self) -> dict[str, JobSpec]:
+        return {s.name: s for s in self.specs.values()}
+
+
+def load_manifest(
+    data: bytes, filename: str = "manifest.toml", max_bytes: int = MAX_MANIFEST_BYTES
+) -> LoadedManifest:
+    raw = _parse_toml(data, filename, max_bytes)
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(
+            _format_validation(exc, raw, filename), filename=filename, errors=exc.errors()
+        ) from None
+    problems = list(_cross_checks(manifest, filename))
+    if problems:
+        raise ManifestError("\n".join(problems), filename=filename)
+    specs: dict[str, JobSpec] = {}
+    for index, job in enumerate(manifest.jobs):
+        spec = resolve(job, manifest.defaults, manifest.trainers[job.model], index)
+        specs[spec.job_id] = spec
+    return LoadedManifest(manifest, specs)
+
+
+def _parse_toml(data: bytes, filename: str, max_bytes: int) -> dict[str, Any]:
+    if len(data) > max_bytes:
+        raise ManifestError(
+            f"{filename}: file is {len(data)} bytes, over the {max_bytes}-byte limit",
+            filename=filename,
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            f"{filename}: not UTF-8 (invalid byte at line {line}, offset {exc.start})",
+            filename=filename,
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{filename}: TOML syntax error: {exc}", filename=filename) from None
+    except RecursionError:
+        raise ManifestError(
+            f"{filename}: TOML nested too deeply (arrays, tables or dotted keys)",
+            filename=filename,
+        ) from None
+
+
+def _format_validation(exc: ValidationError, raw: dict[str, Any], filename: str) -> str:
+    lines = []
+    for err in exc.errors():
+        lines.append(f"{filename}: {_where(err['loc'], raw)}: {_reason(err)}")
+    return "\n".join(lines)
+
+
+def _where(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
+    """Name the job by name and index, and the field by its dotted path."""
+    if len(loc) >= 2 and loc[0] == "jobs" and isinstance(loc[1], int):
+        index = loc[1]
+        jobs = raw.get("jobs")
+        name = None
+        if isinstance(jobs, list) and index < len(jobs) and isinstance(jobs[index], dict):
+            name = jobs[index].get("name")
+        label = f"job {name!r} (jobs[{index}])" if isinstance(name, str) else f"jobs[{index}]"
+        field = _dotted(loc[2:])
+        return f"{label}: field {field!r}" if field else label
+    if len(loc) >= 2 and loc[0] in ("trainers", "hosts"):
+        return f"[{loc[0]}.{loc[1]}]: field {_dotted(loc[2:])!r}"
+    return f"field {_dotted(loc)!r}"
+
+
+def _dotted(loc: Iterable[Any]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif str(item).startswith(("function-after", "constrained-", "lax-or-strict")) or (
+            str(item) in ("bool", "int", "float", "str")
+        ):
+            continue  # pydantic's union/validator branch names, not user fields
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _reason(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    value = err.get("input")
+    if isinstance(value, str | int | float | bool) and len(repr(value)) < 60:
+        return f"{msg} (got {value!r})"
+    return msg
+
+
+def _cross_checks(manifest: Manifest, filename: str) -> Iterable[str]:
+    seen_names: dict[str, int] = {}
+    seen_ids: dict[str, int] = {}
+    for index, job in enumerate(manifest.jobs):
+        where = f"{filename}: job {job.name!r} (jobs[{index}])"
+        trainer = manifest.trainers.get(job.model)
+        if trainer is None:
+            yield f"{where}: field 'model': no [trainers.{job.model}] table"
+            continue
+        for key in job.hyper:
+            if key not in trainer.hyper:
+                accepted = ", ".join(trainer.hyper) or "none"
+                yield (
+                    f"{where}: field 'hyper.{key}': trainer {job.model!r} does not accept it "
+                    f"(accepted: {accepted})"
+                )
+        if job.name in seen_names:
+            yield f"{where}: field 'name': duplicate of jobs[{seen_names[job.name]}]"
+        seen_names.setdefault(job.name, index)
+        jid = job_id_of(resolve(job, manifest.defaults, trainer))
+        if jid in seen_ids:
+            other = manifest.jobs[seen_ids[jid]].name
+            yield (
+                f"{where}: same identity {jid} as job {other!r} (jobs[{seen_ids[jid]}]): "
+                "they would train the same artifact"
+            )
+        seen_ids.setdefault(jid, index)

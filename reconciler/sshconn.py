@@ -1,0 +1,51 @@
+"""One reused ssh connection per actor for git and the store.
+
+Measured here: a fetch costs ~250 ms over a fresh ssh connection and ~30 ms
+over a reused one, so every ssh:// ledger or store gets a ControlMaster socket
+under the actor's state dir (or a short /tmp dir when that path is too long for
+a unix socket).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; %C expands to 40 hex chars
+
+
+def is_ssh(url: str) -> bool:
+    return url.startswith("ssh://") or ("@" in url.split("/", 1)[0] and ":" in url)
+
+
+def control_dir(state_dir: Path) -> Path:
+    wanted = Path(state_dir) / "ssh"
+    if len(str(wanted)) + 45 <= MAX_SOCKET_PATH:
+        wanted.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return wanted
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]
+    short = Path(tempfile.gettempdir()) / f"tl-{os.getuid()}-{digest}"
+    short.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return short
+
+
+def ssh_command(state_dir: Path, base: str | None = None) -> list[str]:
+    """argv of ssh with connection reuse; `base` is e.g. $GIT_SSH_COMMAND."""
+    argv = shlex.split(base or os.environ.get("GIT_SSH_COMMAND") or "ssh")
+    return [
+        *argv,
+        "-o", "BatchMode=yes",
+        "-o", "ControlMaster=auto",
+        "-o", f"ControlPath={control_dir(state_dir)}/%C",
+        "-o", "ControlPersist=120",
+    ]
+
+
+def ssh_env(url: str, state_dir: Path) -> dict[str, str]:
+    """Environment for git talking to `url`: reuse one connection when it is ssh."""
+    if not is_ssh(url):
+        return {}
+    return {"GIT_SSH_COMMAND": shlex.join(ssh_command(state_dir))}

@@ -1,0 +1,1 @@
+"""trainledger worker: detect capability, claim, train, heartbeat, store."""
