@@ -45,12 +45,19 @@ class Signature:
         return f"{self.name} <{self.email}> {int(self.when)} +0000"
 
 
-def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A git environment that ignores the user's hooks/config surprises we can't afford."""
+def git_env(
+    extra: Mapping[str, str] | None = None, *, quarantine: bool = False
+) -> dict[str, str]:
+    """A git environment free of a caller's GIT_DIR and friends. Inside a hook,
+    `quarantine=True` keeps the object directories receive-pack set, or the
+    pushed objects are invisible."""
     env = dict(os.environ)
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
     env["LC_ALL"] = "C"
-    for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"):
+    strip = ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"]
+    if not quarantine:
+        strip += ["GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_QUARANTINE_PATH"]
+    for key in strip:
         env.pop(key, None)
     if extra:
         env.update(extra)
@@ -61,8 +68,9 @@ class CatFile:
     """A persistent `git cat-file --batch`, pipelined: requests are written by a
     thread while responses are read, so a batch of N costs one round trip."""
 
-    def __init__(self, repo: Path) -> None:
+    def __init__(self, repo: Path, env: Mapping[str, str] | None = None) -> None:
         self._repo = repo
+        self._env = dict(env) if env is not None else git_env()
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -72,7 +80,7 @@ class CatFile:
                 ["git", "-C", str(self._repo), "cat-file", "--batch"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                env=git_env(),
+                env=self._env,
             )
         return self._proc
 
@@ -128,10 +136,12 @@ class CatFile:
 class GitRepo:
     """A bare repository: plumbing commands, batched reads, in-process writes."""
 
-    def __init__(self, path: Path | str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, path: Path | str, env: Mapping[str, str] | None = None, *, quarantine: bool = False
+    ) -> None:
         self.path = Path(path)
-        self.env = git_env(env)
-        self._cat = CatFile(self.path)
+        self.env = git_env(env, quarantine=quarantine)
+        self._cat = CatFile(self.path, self.env)
         self._odb = LooseObjectDB(str(self.path / "objects"))
 
     @classmethod

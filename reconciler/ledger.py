@@ -33,7 +33,7 @@ from reconciler.errors import (
 )
 from reconciler.gitrepo import EMPTY_TREE, GitRepo, Signature
 from reconciler.manifest import LoadedManifest, load_manifest
-from reconciler.schema import Heartbeat, JobState, state_path
+from reconciler.schema import Heartbeat, JobState, parse_state
 from reconciler.sshconn import ssh_env
 
 log = logging.getLogger("trainledger.ledger")
@@ -203,9 +203,8 @@ class Ledger:
                 stray.append(e.path)
         if manifest_blob and (self._manifest is None or self._manifest[0] != manifest_blob):
             wanted.append(manifest_blob)
-        if self._access is None or self._access[0] != access_blob:
-            if access_blob:
-                wanted.append(access_blob)
+        if access_blob and (self._access is None or self._access[0] != access_blob):
+            wanted.append(access_blob)
         blobs = self.repo.read_objects(wanted) if wanted else {}
         for job_id, (_path, blob) in state_blobs.items():
             if blob not in self._states:
@@ -255,7 +254,7 @@ class Ledger:
         return self.repo.write_commit(tree, [base] if base else [], self.signature(), message)
 
     def push(self, sha: str, ref: str = MAIN, *, lease: str | None = None) -> PushResult:
-        args = ["push", "--porcelain", "--quiet", self.url]
+        args = ["push", "--porcelain", self.url]
         if lease is not None:
             args.insert(1, f"--force-with-lease={ref}:{lease}")
             args.append(f"+{sha}:{ref}")
@@ -386,19 +385,3 @@ def _commit_time(header: bytes) -> float:
             except (IndexError, ValueError):
                 return 0.0
     return 0.0
-
-
-def parse_state(data: bytes, job_id: str) -> JobState | str:
-    """A state file, or the error naming its path and field."""
-    path = state_path(job_id)
-    if len(data) > 64 * 1024:
-        return f"{path}: state file is {len(data)} bytes, over 64 KiB"
-    try:
-        state = JobState.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(file)"
-        return f"{path}: field {where!r}: {first['msg']}"
-    if state.job_id != job_id:
-        return f"{path}: job_id {state.job_id} does not match its path"
-    return state

@@ -28,7 +28,7 @@ class LoadedManifest:
     specs: dict[str, JobSpec]  # by job id, in manifest order
 
     @property
-    def fleet(self):  # noqa: ANN201 - Fleet, kept short for callers
+    def fleet(self):
         return self.manifest.fleet
 
     def by_name(self) -> dict[str, JobSpec]:

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -68,7 +69,7 @@ class Fleet(Strict):
         ge=0,
         le=31_536_000,
         allow_inf_nan=False,
-        description="Seconds a prefer_cuda job waits for a CUDA worker before CPU workers may take it.",
+        description="Seconds a prefer_cuda job waits for CUDA before CPU workers may take it.",
     )
     store: str | None = Field(
         None,
@@ -94,13 +95,13 @@ class Trainer(Strict):
         ...,
         min_length=1,
         max_length=256,
-        description="argv list run for this model (never a shell string); hyper flags are appended.",
+        description="argv run for this model (never a shell string); hyper flags appended.",
     )
     hyper: list[HyperKey] = Field(
         default_factory=list, description="Hyper keys this trainer accepts."
     )
     workdir: str | None = Field(
-        None, max_length=1024, description="Working directory of the trainer (default: a fresh dir)."
+        None, max_length=1024, description="Trainer working directory (default: a fresh dir)."
     )
     timeout_s: Seconds | None = Field(
         None, description="Kill the trainer after this many seconds (the job fails)."
@@ -121,7 +122,9 @@ class Host(Strict):
 class JobFields(Strict):
     """Fields a job may set and [defaults] may default."""
 
-    mode: Name | None = Field(None, description="Training mode (identity); the trainer reads it from $TRAINLEDGER_SPEC.")
+    mode: Name | None = Field(
+        None, description="Training mode (identity); the trainer reads it from $TRAINLEDGER_SPEC."
+    )
     priority: int | None = Field(
         None, ge=-1_000_000, le=1_000_000, description="Higher runs first."
     )
@@ -237,6 +240,25 @@ def state_path(job_id: str) -> str:
     return f"state/{job_id[:2]}/{job_id}.json"
 
 
+MAX_STATE_BYTES = 64 * 1024
+
+
+def parse_state(data: bytes, job_id: str) -> JobState | str:
+    """A state file, or the error naming its path and field."""
+    path = state_path(job_id)
+    if len(data) > MAX_STATE_BYTES:
+        return f"{path}: state file is {len(data)} bytes, over 64 KiB"
+    try:
+        state = JobState.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(file)"
+        return f"{path}: field {where!r}: {first['msg']}"
+    if state.job_id != job_id:
+        return f"{path}: job_id {state.job_id} does not match its path"
+    return state
+
+
 # ------------------------------------------------------------------- capability
 
 
@@ -291,11 +313,20 @@ class Heartbeat(Strict):
     report: dict[str, Any] | None = Field(None, description="Reconciler report (its ref only).")
 
 
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "manifest": Manifest, "state": JobState, "capability": Capability,
+}
+
+
+def schema_text(name: str) -> str:
+    return json.dumps(SCHEMAS[name].model_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
 def export_schemas(docs: Path) -> list[Path]:
     written = []
-    for name, model in (("manifest", Manifest), ("state", JobState), ("capability", Capability)):
+    for name in SCHEMAS:
         path = docs / f"{name}.schema.json"
-        path.write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
+        path.write_text(schema_text(name))
         written.append(path)
     return written
 

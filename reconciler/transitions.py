@@ -113,7 +113,7 @@ def _open_grace(old: JobState, new: JobState, _actor: Actor, _max: int) -> str |
     return rule
 
 
-W, O, REC = Role.WORKER, Role.OPERATOR, Role.RECONCILER
+W, OP, REC = Role.WORKER, Role.OPERATOR, Role.RECONCILER
 
 # (from, to) -> [(role, check, meaning)]; anything not listed is illegal.
 TABLE: dict[tuple[Status, Status], list[tuple[Role, Check, str]]] = {
@@ -124,12 +124,12 @@ TABLE: dict[tuple[Status, Status], list[tuple[Role, Check, str]]] = {
     (R, FAIL): [(W, _finish, "fail"), (REC, _sweep_failed, "sweep")],
     (C, P): [(W, _release, "release"), (REC, _sweep_pending, "sweep")],
     (R, P): [(W, _release, "release"), (REC, _sweep_pending, "sweep")],
-    (P, CANC): [(O, _cancel, "cancel"), (REC, _cancel, "cancel")],
-    (C, CANC): [(O, _cancel, "cancel"), (REC, _cancel, "cancel")],
-    (R, CANC): [(O, _cancel, "cancel"), (REC, _cancel, "cancel")],
-    (FAIL, P): [(O, _requeue, "requeue")],
-    (CANC, P): [(O, _requeue, "requeue")],
-    (DONE, P): [(O, _requeue, "requeue")],
+    (P, CANC): [(OP, _cancel, "cancel"), (REC, _cancel, "cancel")],
+    (C, CANC): [(OP, _cancel, "cancel"), (REC, _cancel, "cancel")],
+    (R, CANC): [(OP, _cancel, "cancel"), (REC, _cancel, "cancel")],
+    (FAIL, P): [(OP, _requeue, "requeue")],
+    (CANC, P): [(OP, _requeue, "requeue")],
+    (DONE, P): [(OP, _requeue, "requeue")],
     (P, P): [(REC, _open_grace, "open")],
 }
 

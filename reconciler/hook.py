@@ -1,0 +1,97 @@
+"""The server-side pre-receive hook: who may write what, on every pushed commit.
+
+It runs on every push, heartbeats included, so the heartbeat path imports
+nothing heavy; only an update of main loads the validator (and pydantic).
+The hook never updates refs: git moves each ref afterwards only if it still
+holds the old value, so check and write are one compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ZERO = "0" * 40
+MAIN = "refs/heads/main"
+HEARTBEATS = "refs/heartbeats/"
+MAX_HEARTBEAT_BYTES = 64 * 1024
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+class Refusal(Exception):
+    pass
+
+
+def pusher_identity(env: dict[str, str]) -> str:
+    """Over ssh the forced command sets TRAINLEDGER_IDENTITY; on a local path push
+    it is the pushing process's (as good as the local user), else the pushing
+    user's `git config trainledger.identity`."""
+    identity = env.get("TRAINLEDGER_IDENTITY")
+    if not identity:
+        proc = subprocess.run(["git", "config", "--get", "trainledger.identity"],
+                              capture_output=True, text=True)
+        identity = proc.stdout.strip()
+    if not identity:
+        raise Refusal("no pusher identity: push over ssh with an enrolled key, or set "
+                      "TRAINLEDGER_IDENTITY / `git config --global trainledger.identity NAME`")
+    return identity
+
+
+def check_heartbeat(ref: str, old: str, new: str, pusher: str) -> None:
+    worker = ref.removeprefix(HEARTBEATS)
+    if worker != pusher:
+        raise Refusal(f"{ref}: {pusher} may write only {HEARTBEATS}{pusher}")
+    if new == ZERO:
+        raise Refusal(f"{ref}: heartbeat refs are not deleted")
+    proc = subprocess.run(["git", "cat-file", "commit", new], capture_output=True)
+    if proc.returncode != 0:
+        raise Refusal(f"{ref}: {new[:12]} is not a commit")
+    if len(proc.stdout) > MAX_HEARTBEAT_BYTES:
+        raise Refusal(f"{ref}: heartbeat commit over {MAX_HEARTBEAT_BYTES} bytes")
+    header = proc.stdout.split(b"\n\n", 1)[0].split(b"\n")
+    if header[0] != f"tree {EMPTY_TREE}".encode() or any(h.startswith(b"parent ") for h in header):
+        raise Refusal(f"{ref}: a heartbeat is a parentless commit with the empty tree")
+
+
+def check_main(old: str, new: str, pusher: str) -> None:
+    from pathlib import Path
+
+    from reconciler.errors import LedgerError
+    from reconciler.gitrepo import GitRepo
+    from reconciler.validate import validate_main
+
+    if new == ZERO:
+        raise Refusal(f"{MAIN} may not be deleted")
+    repo = GitRepo(Path.cwd(), quarantine=True)
+    try:
+        validate_main(repo, None if old == ZERO else old, new, pusher)
+    except LedgerError as exc:
+        raise Refusal(str(exc)) from None
+    finally:
+        repo.close()
+
+
+def judge(lines: list[str], env: dict[str, str]) -> None:
+    updates = [ln.split() for ln in lines if ln.strip()]
+    pusher = pusher_identity(env)
+    for old, new, ref in updates:
+        if ref == MAIN:
+            check_main(old, new, pusher)
+        elif ref.startswith(HEARTBEATS):
+            check_heartbeat(ref, old, new, pusher)
+        else:
+            raise Refusal(f"{ref}: only {MAIN} and {HEARTBEATS}<your name> may be pushed")
+
+
+def main() -> int:
+    try:
+        judge(sys.stdin.read().splitlines(), dict(os.environ))
+    except Refusal as exc:
+        print(f"trainledger: refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

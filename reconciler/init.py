@@ -1,0 +1,167 @@
+"""`reconciler init DIR`: a bare ledger from the template, hardened and hooked.
+
+The first commit is the reconciler's: the template's manifest, access list and
+README, plus a pending state file for every job, so a worker can claim at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from reconciler import trailers
+from reconciler.access import DEFAULT_ACCESS, load_access
+from reconciler.errors import LedgerError
+from reconciler.gitrepo import GitRepo, Signature
+from reconciler.manifest import load_manifest
+from reconciler.schema import JobState, Status
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE = PACKAGE_ROOT / "ledger-template"
+HOOKS_SOURCE = PACKAGE_ROOT / "hooks"
+HOOK_NAMES = ("pre-receive",)
+CLIENT_HOOK_NAMES = ("pre-commit",)
+
+# DESIGN.md and RELIABILITY.md rule 6. denyNonFastForwards covers refs/heads/*
+# only, so heartbeat amends under refs/heartbeats/ still go through.
+SERVER_CONFIG = {
+    "receive.denyNonFastForwards": "true",
+    "receive.denyDeletes": "true",
+    "receive.fsckObjects": "true",
+    "receive.maxInputSize": str(16 << 20),
+    "core.fsync": "all",
+    "core.fsyncMethod": "fsync",
+    "gc.pruneExpire": "1.hour.ago",
+    "gc.auto": "256",
+    "core.logAllRefUpdates": "false",
+    "transfer.hideRefs": "refs/remotes",
+}
+
+
+class InitError(LedgerError):
+    """The ledger could not be created."""
+
+
+def init_ledger(
+    directory: Path,
+    *,
+    template: Path | None = None,
+    store: Path | None = None,
+    fleet: dict[str, float | int] | None = None,
+) -> tuple[GitRepo, str, Path]:
+    """Create the ledger; returns (repo, first commit, store dir)."""
+    directory = Path(directory).absolute()
+    template = Path(template or DEFAULT_TEMPLATE)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise InitError(f"{directory}: exists and is not empty; choose a new directory",
+                        path=directory)
+    manifest_path = template / "manifest.toml"
+    if not manifest_path.is_file():
+        raise InitError(f"{template}: template has no manifest.toml", path=template)
+    store = Path(store).absolute() if store else directory.parent / "store"
+    text = _with_fleet(manifest_path.read_text(encoding="utf-8"), store, fleet or {})
+    loaded = load_manifest(text.encode(), filename=str(manifest_path))  # ManifestError if bad
+    access = (template / "access.toml").read_bytes() if (template / "access.toml").is_file() \
+        else DEFAULT_ACCESS
+    load_access(access, filename=str(template / "access.toml"))
+
+    repo = GitRepo.init_bare(directory)
+    for key, value in SERVER_CONFIG.items():
+        repo.git("config", key, value)
+    files: dict[str, bytes | None] = {"manifest.toml": text.encode(), "access.toml": access}
+    if (template / "README.md").is_file():
+        files["README.md"] = (template / "README.md").read_bytes()
+    changes = []
+    for spec in loaded.specs.values():
+        state = JobState(job_id=spec.job_id, name=spec.name, status=Status.PENDING)
+        files[state.path] = state.to_json().encode()
+        changes.append(trailers.Change(spec.job_id, spec.name, 0, "new->pending", "create"))
+    tree = repo.edit_tree(None, files)
+    message = trailers.render(
+        f"init ledger {loaded.manifest.name} with {len(changes)} jobs", changes, "reconciler"
+    )
+    sha = repo.write_commit(tree, [], Signature("reconciler", "reconciler@trainledger",
+                                                time.time()), message)
+    repo.update_ref("refs/heads/main", sha)
+    install_hooks(directory)
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "sha256").mkdir(exist_ok=True)
+    return repo, sha, store
+
+
+def _with_fleet(text: str, store: Path, fleet: dict[str, float | int]) -> str:
+    """Point `[fleet] store` at the store and apply overrides, keeping comments."""
+    values = {"store": store.as_posix(), **fleet}
+    if not re.search(r"^\[fleet\]\s*$", text, re.M):
+        text = text.rstrip("\n") + "\n\n[fleet]\n"
+    for key, value in values.items():
+        rendered = f'"{value}"' if isinstance(value, str) else repr(value)
+        line = f"{key} = {rendered}"
+        pattern = re.compile(rf"^(\[fleet\][^\[]*?)^{key}\s*=.*$", re.M | re.S)
+        if key == "store" and pattern.search(text):
+            continue  # the template chose a store: keep it
+        if pattern.search(text):
+            text = pattern.sub(lambda m, line=line: m.group(1) + line, text, count=1)
+        else:
+            text = re.sub(r"^\[fleet\]\s*$", lambda m, line=line: f"{m.group(0)}\n{line}",
+                          text, count=1, flags=re.M)
+    return text
+
+
+def hook_script(name: str, python: str = sys.executable) -> str:
+    """The hook's text with the installing interpreter's absolute path (not
+    resolved: a venv's python is a symlink that finds its site-packages by its
+    own path); a version manager's shim would add ~50 ms to every push."""
+    source = HOOKS_SOURCE / name
+    fallback = _FALLBACK_CLIENT_HOOK if name in CLIENT_HOOK_NAMES else _FALLBACK_HOOK
+    body = source.read_text() if source.is_file() else fallback
+    lines = body.splitlines()
+    if lines and lines[0].startswith("#!"):
+        lines = lines[1:]
+    return "\n".join([f"#!{os.path.abspath(python)} -I", *lines]) + "\n"
+
+
+def install_hooks(
+    repo_dir: Path, python: str = sys.executable, names: tuple[str, ...] = HOOK_NAMES,
+    hooks: Path | None = None,
+) -> list[Path]:
+    hooks = hooks or Path(repo_dir) / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for sample in hooks.glob("*.sample"):
+        sample.unlink()
+    written = []
+    for name in names:
+        path = hooks / name
+        path.write_text(hook_script(name, python))
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        written.append(path)
+    return written
+
+
+def install_client_hooks(clone: Path, python: str = sys.executable) -> list[Path]:
+    """The operator's pre-commit hook: a bad manifest is refused before it is a commit."""
+    proc = subprocess.run(["git", "-C", str(clone), "rev-parse", "--git-path", "hooks"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InitError(f"{clone}: not a git clone ({proc.stderr.strip()})", path=clone)
+    hooks = Path(proc.stdout.strip())
+    if not hooks.is_absolute():
+        hooks = Path(clone) / hooks
+    return install_hooks(clone, python, CLIENT_HOOK_NAMES, hooks)
+
+
+_FALLBACK_HOOK = """#!/usr/bin/env python3
+import sys
+from reconciler.hook import main
+sys.exit(main())
+"""
+_FALLBACK_CLIENT_HOOK = """#!/usr/bin/env python3
+import sys
+from reconciler.precommit import main
+sys.exit(main())
+"""

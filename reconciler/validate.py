@@ -1,0 +1,198 @@
+"""Judge pushed history: every commit in `old..new`, against the state as of `old`.
+
+The pre-receive hook calls this for each push and the reconciler calls it for
+every commit it reads, so a ledger hosted where hooks cannot run is held to the
+same rules. Commits are judged one by one on top of their parent, which was
+itself judged (or was already on `main`), so a legal tip cannot hide an illegal
+middle commit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from reconciler.access import Access, load_access
+from reconciler.errors import AccessDenied, IllegalTransition, LedgerError, ManifestError
+from reconciler.gitrepo import BLOB_MODE, GitRepo
+from reconciler.manifest import LoadedManifest, load_manifest
+from reconciler.schema import MAX_STATE_BYTES, JobState, parse_state
+from reconciler.transitions import Actor, Role, check_transition
+
+STATE_RE = re.compile(r"^state/([0-9a-f]{2})/([0-9a-f]{16})\.json$")
+OPERATOR_FILES = ("manifest.toml", "access.toml", "README.md")
+ZERO = "0" * 40
+
+
+class Refused(LedgerError):
+    """The push breaks a ledger rule."""
+
+
+@dataclass
+class Context:
+    """What a commit is judged against: the ledger as of its parent."""
+
+    access: Access
+    manifest: LoadedManifest | None
+    max_attempts: int = 3
+    seen: dict[str, JobState | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Diff:
+    old_mode: str
+    new_mode: str
+    old_sha: str
+    new_sha: str
+    path: str
+
+
+def diff_tree(repo: GitRepo, parent: str | None, commit: str) -> list[Diff]:
+    args = ["diff-tree", "-r", "-z", "--no-renames", "--no-commit-id"]
+    args += [parent, commit] if parent else ["--root", commit]
+    raw = repo.git(*args).stdout.split(b"\0")
+    out = []
+    for meta, path in zip(raw[0::2], raw[1::2], strict=False):
+        if not meta.startswith(b":"):
+            continue
+        old_mode, new_mode, old_sha, new_sha, _status = meta[1:].decode().split(" ")
+        out.append(Diff(old_mode, new_mode, old_sha, new_sha, path.decode("utf-8", "replace")))
+    return out
+
+
+def context_at(repo: GitRepo, rev: str | None) -> Context:
+    if rev is None:
+        return Context(Access(), None)
+    blobs = {e.path: e.sha for e in repo.ls_tree(rev, "manifest.toml", "access.toml")}
+    access = load_access(repo.read_blob(blobs["access.toml"]) if "access.toml" in blobs else None)
+    manifest = None
+    if "manifest.toml" in blobs:
+        try:
+            manifest = load_manifest(repo.read_blob(blobs["manifest.toml"]) or b"")
+        except ManifestError:
+            manifest = None  # an old bad manifest (hook-less ledger) must not block its fix
+    ctx = Context(access, manifest)
+    if manifest:
+        ctx.max_attempts = manifest.fleet.max_attempts
+    return ctx
+
+
+def author_of(repo: GitRepo, commit: str) -> tuple[str, list[str]]:
+    found = repo.read_objects([commit])[commit]
+    if not found or found[0] != "commit":
+        raise Refused(f"{commit[:12]} is not a commit")
+    header = found[1].split(b"\n\n", 1)[0].decode("utf-8", "replace").splitlines()
+    parents = [ln[7:] for ln in header if ln.startswith("parent ")]
+    author = next((ln[7:] for ln in header if ln.startswith("author ")), "")
+    return author.split(" <", 1)[0], parents
+
+
+def check_author(author: str, pusher: Actor, access: Access, commit: str) -> None:
+    """Authors are informational, but nobody may sign as someone with a role."""
+    if author == pusher.name:
+        return
+    impersonated = set(access.reconcilers) | set(access.operators) | set(access.workers or ())
+    if pusher.role is not Role.OPERATOR or author in impersonated:
+        raise Refused(
+            f"commit {commit[:12]}: author {author!r} is not the pusher {pusher.name!r}",
+            commit=commit,
+        )
+
+
+def check_commit(repo: GitRepo, ctx: Context, actor: Actor, commit: str,
+                 parent: str | None) -> list[str]:
+    """Raise Refused for the first broken rule; return the transitions it makes."""
+    labels = []
+    diffs = diff_tree(repo, parent, commit)
+    blobs = repo.read_objects(
+        [d.new_sha for d in diffs if d.new_sha != ZERO]
+        + [d.old_sha for d in diffs if d.old_sha != ZERO]
+    )
+
+    def blob(sha: str) -> bytes | None:
+        found = blobs.get(sha)
+        return found[1] if found and found[0] == "blob" else None
+
+    where = f"commit {commit[:12]}"
+    for d in diffs:
+        if d.new_mode != "000000" and d.new_mode != BLOB_MODE:
+            kinds = {"120000": "symlink", "160000": "submodule"}
+            kind = kinds.get(d.new_mode, f"mode {d.new_mode}")
+            raise Refused(f"{where}: {d.path}: a {kind} may not enter the ledger", path=d.path)
+        if d.path in OPERATOR_FILES:
+            labels.append(_operator_file(ctx, actor, d, blob(d.new_sha), where))
+            continue
+        m = STATE_RE.match(d.path)
+        if not m or m.group(1) != m.group(2)[:2]:
+            raise Refused(f"{where}: {d.path}: only manifest.toml, access.toml, README.md and "
+                          "state/<aa>/<job_id>.json may exist in the ledger", path=d.path)
+        labels.append(_state_change(ctx, actor, d, m.group(2), blob, where))
+    return labels
+
+
+def _operator_file(ctx: Context, actor: Actor, d: Diff, data: bytes | None, where: str) -> str:
+    if actor.role is not Role.OPERATOR and not (
+        actor.role is Role.RECONCILER and d.path == "README.md"
+    ):
+        raise Refused(f"{where}: {d.path} may be changed by operators only, not {actor}",
+                      path=d.path)
+    if data is None:
+        raise Refused(f"{where}: {d.path} may not be deleted", path=d.path)
+    if d.path == "manifest.toml":
+        try:
+            ctx.manifest = load_manifest(data)
+        except ManifestError as exc:
+            raise Refused(f"{where}: {exc}", path=d.path) from None
+        ctx.max_attempts = ctx.manifest.fleet.max_attempts
+    elif d.path == "access.toml":
+        try:
+            load_access(data)  # takes effect for the next push, judged as of old
+        except AccessDenied as exc:
+            raise Refused(f"{where}: {exc}", path=d.path) from None
+    return f"edit {d.path}"
+
+
+def _state_change(ctx: Context, actor: Actor, d: Diff, job_id: str, blob, where: str) -> str:
+    def parsed(sha: str) -> JobState | None:
+        if sha == ZERO:
+            return None
+        data = blob(sha) or b""
+        if len(data) > MAX_STATE_BYTES:
+            raise Refused(f"{where}: {d.path}: state file over {MAX_STATE_BYTES} bytes")
+        state = parse_state(data, job_id)
+        if isinstance(state, str):
+            raise Refused(f"{where}: {state}", path=d.path)
+        return state
+
+    new = parsed(d.new_sha)
+    old = parsed(d.old_sha) if d.old_sha != ZERO else None
+    try:
+        verdict = check_transition(old, new, actor, max_attempts=ctx.max_attempts)
+    except IllegalTransition as exc:
+        raise Refused(f"{where}: {exc}", **exc.data) from None
+    return f"{job_id} {verdict.label}"
+
+
+def validate_main(repo: GitRepo, old: str | None, new: str, pusher: str) -> int:
+    """Judge an update of main from `old` to `new` by `pusher`; returns the
+    number of commits judged, or raises Refused naming the first broken rule."""
+    if old is not None and not repo.is_ancestor(old, new):
+        raise Refused(f"main may only move forward: {new[:12]} does not contain {old[:12]} "
+                      "(fetch, rebuild on the new tip and push again)")
+    ctx = context_at(repo, old)
+    try:
+        actor = ctx.access.actor(pusher)
+    except AccessDenied as exc:
+        raise Refused(str(exc)) from None
+    if old is None and actor.role is not Role.RECONCILER:
+        raise Refused(f"only the reconciler creates main (`reconciler init`), not {actor}")
+    span = new if old is None else f"{old}..{new}"
+    commits = repo.git("rev-list", "--reverse", "--topo-order", span).stdout.decode().split()
+    for commit in commits:
+        author, parents = author_of(repo, commit)
+        if len(parents) > 1:
+            raise Refused(f"commit {commit[:12]}: merge commits are refused; the ledger's "
+                          "history is linear (rebuild on the tip)", commit=commit)
+        check_author(author, actor, ctx.access, commit)
+        check_commit(repo, ctx, actor, commit, parents[0] if parents else None)
+    return len(commits)
