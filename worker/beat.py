@@ -1,0 +1,114 @@
+"""The heartbeat thread: the worker's lease, renewed apart from the trainer.
+
+Every `heartbeat_s` it amend-pushes `refs/heartbeats/<name>` with the jobs held,
+then fetches main through its own cache and checks that each held job is still
+ours (same holder, same attempt, not cancelled). What it finds is handed to the
+main thread, which alone starts and stops trainers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reconciler.errors import LedgerError
+from reconciler.ledger import Ledger
+from reconciler.schema import HELD, Capability, Heartbeat, HeldJob, JobState, Status
+
+log = logging.getLogger("trainledger.worker")
+
+
+@dataclass(frozen=True)
+class Held:
+    job_id: str
+    name: str
+    attempt: int
+    progress: float | None
+    last_line: str | None
+
+
+def revocation(state: JobState | None, worker: str, attempt: int) -> str | None:
+    """Why a held job is no longer ours, or None while it still is."""
+    if state is None:
+        return "its state file is gone"
+    if state.status is Status.CANCELLED:
+        return "cancelled"
+    if state.attempt != attempt or state.holder != worker or state.status not in HELD:
+        who = f" by {state.holder}" if state.holder else ""
+        return (f"lost: the ledger holds attempt {state.attempt} ({state.status.value}{who}), "
+                f"not our attempt {attempt}")
+    return None
+
+
+class Beater(threading.Thread):
+    def __init__(
+        self,
+        ledger: Ledger,
+        worker: str,
+        capability: Capability,
+        slots: int,
+        held: Callable[[], list[Held]],
+        on_revoked: Callable[[str, int, str], None],
+        interval: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.ledger = ledger
+        self.worker = worker
+        self.capability = capability
+        self.slots = slots
+        self.held = held
+        self.on_revoked = on_revoked
+        self.interval = interval
+        self.clock = clock
+        self.last_ok = clock()
+        self.seq = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._outage_since: float | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.beat_once()
+            self._wake.wait(self.interval())
+            self._wake.clear()
+
+    def beat_once(self, final: bool = False) -> bool:
+        held = [] if final else self.held()
+        beat = Heartbeat(
+            worker=self.worker, seq=self.seq, sent_at=time.time(), slots=self.slots,
+            capability=self.capability,
+            jobs=[HeldJob(job_id=h.job_id, attempt=h.attempt, progress=h.progress,
+                          last_line=h.last_line) for h in held],
+        )
+        self.seq += 1
+        try:
+            self.ledger.push_heartbeat(beat)
+            if not final:
+                snap = self.ledger.snapshot(self.ledger.fetch())
+                for h in held:
+                    why = revocation(snap.states.get(h.job_id), self.worker, h.attempt)
+                    if why:
+                        self.on_revoked(h.job_id, h.attempt, why)
+        except LedgerError as exc:
+            if self._outage_since is None:
+                self._outage_since = self.clock()
+                log.warning("event=beat-failed worker=%s error=%s (retrying every beat; "
+                            "logged once per outage)", self.worker, str(exc).splitlines()[0])
+            return False
+        if self._outage_since is not None:
+            log.info("event=beat-restored worker=%s outage_s=%.1f", self.worker,
+                     self.clock() - self._outage_since)
+            self._outage_since = None
+        self.last_ok = self.clock()
+        return True

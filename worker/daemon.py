@@ -1,0 +1,409 @@
+"""The worker loop, in rq's shape: claim, run, supervise, record, repeat.
+
+The main thread alone claims, starts and stops trainers and writes results;
+the heartbeat thread (worker/beat.py) renews the lease and reports revoked
+jobs. Every result is a fenced write: it lands only while the ledger still
+names this worker and this attempt, so a worker that was swept while it slept
+can never record anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler import trailers
+from reconciler.eligibility import choose_device, pick, reasons
+from reconciler.errors import LedgerError, LostRace, StoreError
+from reconciler.identity import JobSpec
+from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
+from reconciler.manifest import LoadedManifest
+from reconciler.schema import HELD, Artifact, Capability, JobState, Status
+from reconciler.store import Store, pack_into
+from worker.beat import Beater, Held
+from worker.runner import Outcome, TrainerRun
+
+log = logging.getLogger("trainledger.worker")
+MAX_ERROR = 8000
+
+
+@dataclass
+class WorkerConfig:
+    name: str
+    state_dir: Path
+    poll_s: float = 2.0
+    slots: int = 1
+    exit_when_idle: bool = False
+    max_jobs: int | None = None
+    stop_grace_s: float = 10.0
+
+
+def event(kind: str, **fields: object) -> None:
+    """One log line per event, key=value, with the job name and attempt."""
+    log.info("event=%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, ledger: Ledger, beat_ledger: Ledger,
+                 store: Callable[[LoadedManifest], Store], capability: Capability,
+                 rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.name = config.name
+        self.ledger = ledger
+        self.capability = capability
+        self._store_factory = store
+        self._store: Store | None = None
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.runs: dict[str, TrainerRun] = {}
+        self.manifest: LoadedManifest | None = None
+        self.claimed_total = 0
+        self.stopping = threading.Event()
+        self.exited = threading.Event()  # a trainer's output closed
+        self._lock = threading.Lock()
+        self._revoked: dict[tuple[str, int], str] = {}
+        self._signals = 0
+        self._unreachable_since: float | None = None
+        self.beater = Beater(beat_ledger, self.name, capability, config.slots, self._held,
+                             self._on_revoked, self._heartbeat_s, clock)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if self._signals > 1 and signum == signal.SIGINT:
+            for run in list(self.runs.values()):
+                run.kill()
+            raise SystemExit(130)
+        event("shutdown", worker=self.name, signal=signal.Signals(signum).name)
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.exited.set()
+
+    def run(self) -> int:
+        """Until stopped, or idle with --exit-when-idle, or --max-jobs claimed."""
+        self.beater.start()
+        try:
+            while not self.stopping.is_set():
+                self._reap()
+                self._enforce_revocations()
+                idle = self._maybe_claim()
+                if idle and not self.runs and self.config.exit_when_idle:
+                    event("idle-exit", worker=self.name)
+                    break
+                if (self.config.max_jobs is not None and not self.runs
+                        and self.claimed_total >= self.config.max_jobs):
+                    break
+                self.exited.wait(self.config.poll_s if not self.runs else self._tick_s())
+                self.exited.clear()
+        finally:
+            self.teardown()
+        return 0
+
+    def teardown(self) -> None:
+        """Stop trainers, release held jobs (not counted against the budget), last beat."""
+        self.beater.stop()
+        release = {}
+        for run in list(self.runs.values()):
+            run.stop("worker shutting down", grace_s=self.config.stop_grace_s)
+            release[run.spec.job_id] = (run.attempt, "released: worker shut down")
+        if release:
+            self._release(release, count=False)
+        self.runs.clear()
+        if self.beater.is_alive():
+            self.beater.join(timeout=10)
+        self.beater.beat_once(final=True)
+        event("stopped", worker=self.name)
+
+    # ------------------------------------------------------------- fleet view
+
+    def _fleet(self):
+        return self.manifest.fleet if self.manifest else None
+
+    def _heartbeat_s(self) -> float:
+        fleet = self._fleet()
+        return fleet.heartbeat_s if fleet else 5.0
+
+    def _tick_s(self) -> float:
+        return min(self.config.poll_s, self._heartbeat_s())
+
+    def _renew_deadline_s(self) -> float:
+        fleet = self._fleet()
+        return (fleet.stale_after_s if fleet else 600.0) * 2 / 3
+
+    def _observe(self, snap: Snapshot) -> LoadedManifest | None:
+        """Keep the last manifest that validated: a bad commit must not stop work."""
+        if snap.manifest is not None:
+            if self.manifest is None or self.manifest.manifest != snap.manifest.manifest:
+                fleet = snap.manifest.fleet
+                self.beater.ledger.push_timeout_s = min(60.0, max(2.0, fleet.stale_after_s / 3))
+                self.ledger.push_timeout_s = min(60.0, max(5.0, fleet.stale_after_s))
+            self.manifest = snap.manifest
+        return self.manifest
+
+    def store(self) -> Store:
+        """Opened on first use: the store may come from the manifest's [fleet]."""
+        if self._store is None:
+            assert self.manifest is not None
+            self._store = self._store_factory(self.manifest)
+        return self._store
+
+    # ------------------------------------------------------------------ claim
+
+    def _maybe_claim(self) -> bool:
+        """Claim as many eligible jobs as there are free slots, in one push.
+        True when nothing was eligible."""
+        free = self.config.slots - len(self.runs)
+        if self.config.max_jobs is not None:
+            free = min(free, self.config.max_jobs - self.claimed_total)
+        if free <= 0 or self.stopping.is_set():
+            return False
+        chosen: list[tuple[JobSpec, JobState]] = []
+
+        def build(snap: Snapshot) -> Proposal | None:
+            chosen.clear()
+            loaded = self._observe(snap)
+            if loaded is None:
+                return None
+            host = loaded.manifest.hosts.get(self.name)
+            eligible = [s for s in loaded.specs.values()
+                        if s.job_id not in self.runs
+                        and not reasons(s, snap.states.get(s.job_id), self.name, host,
+                                        self.capability)]
+            for spec in pick(eligible, free, self.rng):
+                old = snap.states[spec.job_id]
+                chosen.append((spec, old.model_copy(update={
+                    "status": Status.CLAIMED, "attempt": old.attempt + 1, "holder": self.name,
+                    "last_error": None})))
+            if not chosen:
+                return None
+            return Proposal.of_states(
+                [s for _, s in chosen],
+                [trailers.Change(s.job_id, s.name, s.attempt, "pending->claimed", "claim")
+                 for _, s in chosen])
+
+        outcome = self._write(build, "claim")
+        if outcome is None or outcome.commit is None:
+            return outcome is not None
+        for spec, state in chosen:
+            event("claim", job=spec.name, attempt=state.attempt, worker=self.name,
+                  lost_races=outcome.lost_races)
+            self.claimed_total += 1
+            self._start(spec, state.attempt)
+        self._commit_start([(s.job_id, st.attempt) for s, st in chosen])
+        self.beater.poke()
+        return False
+
+    def _write(self, build: Callable[[Snapshot], Proposal | None], what: str):
+        try:
+            outcome = self.ledger.write(build, deadline_s=max(30.0, self._renew_deadline_s()))
+        except LostRace as exc:
+            event(f"{what}-gave-up", worker=self.name, lost_races=exc.lost_races)
+            return None
+        except LedgerError as exc:
+            if self._unreachable_since is None:
+                self._unreachable_since = self.clock()
+                log.warning("event=ledger-unreachable worker=%s during=%s error=%s", self.name,
+                            what, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return None
+        if self._unreachable_since is not None:
+            event("ledger-reachable", worker=self.name,
+                  outage_s=f"{self.clock() - self._unreachable_since:.1f}")
+            self._unreachable_since = None
+        return outcome
+
+    # -------------------------------------------------------------------- run
+
+    def _start(self, spec: JobSpec, attempt: int) -> None:
+        attempt_dir = self.config.state_dir / "jobs" / f"{spec.job_id}-{attempt}"
+        if attempt_dir.exists():
+            shutil.rmtree(attempt_dir)
+        log_path = self.config.state_dir / "logs" / f"{spec.name}-{spec.job_id}-{attempt}.log"
+        run = TrainerRun(spec, attempt, attempt_dir, log_path,
+                         choose_device(spec, self.capability), self.exited)
+        try:
+            run.start(self.clock())
+        except OSError as exc:
+            event("start-failed", job=spec.name, attempt=attempt, error=exc)
+            self.runs[spec.job_id] = run
+            self._finish_failed(run, f"trainer could not start: {exc}")
+            return
+        self.runs[spec.job_id] = run
+        event("start", job=spec.name, attempt=attempt, pid=run.pid, log=log_path,
+              device=run.device if run.device is not None else "cpu")
+
+    def _commit_start(self, keys: list[tuple[str, int]]) -> None:
+        keys = [(j, a) for j, a in keys if j in self.runs]
+        written = self._fenced(
+            {j: (a, Status.CLAIMED, lambda s: s.model_copy(update={"status": Status.RUNNING}),
+                 "claimed->running", "start") for j, a in keys})
+        for job_id, attempt in keys:
+            if job_id not in written and job_id in self.runs:
+                self._on_revoked(job_id, attempt, "lost before it started")
+
+    def _held(self) -> list[Held]:
+        return [Held(r.spec.job_id, r.spec.name, r.attempt, r.progress, r.last_line)
+                for r in list(self.runs.values())]
+
+    def _on_revoked(self, job_id: str, attempt: int, why: str) -> None:
+        with self._lock:
+            self._revoked[(job_id, attempt)] = why
+        self.exited.set()
+
+    def _enforce_revocations(self) -> None:
+        with self._lock:
+            revoked, self._revoked = self._revoked, {}
+        for (job_id, attempt), why in revoked.items():
+            run = self.runs.get(job_id)
+            if run is not None and run.attempt == attempt:
+                event("revoked", job=run.spec.name, attempt=attempt, reason=repr(why))
+                run.stop(why, grace_s=self.config.stop_grace_s)
+                self._forget(run)
+        if self.runs and self.clock() - self.beater.last_ok > self._renew_deadline_s():
+            silent = self.clock() - self.beater.last_ok
+            for run in list(self.runs.values()):
+                event("self-fence", job=run.spec.name, attempt=run.attempt,
+                      reason=f"no successful heartbeat for {silent:.1f}s")
+                run.stop(f"lease probably lost: no heartbeat for {silent:.1f}s",
+                         grace_s=self.config.stop_grace_s)
+                self._release({run.spec.job_id: (run.attempt, "released: lease lost")},
+                              count=False)
+                self._forget(run)
+
+    def _reap(self) -> None:
+        for run in list(self.runs.values()):
+            outcome = run.poll(self.clock())
+            if outcome.returncode is None:
+                continue
+            self._record(run, outcome)
+
+    def _record(self, run: TrainerRun, outcome: Outcome) -> None:
+        name, attempt = run.spec.name, run.attempt
+        if outcome.stopped:
+            event("stopped-run", job=name, attempt=attempt, reason=repr(outcome.reason))
+            self._forget(run)
+        elif outcome.ok:
+            self._finish_completed(run)
+        else:
+            event("trainer-failed", job=name, attempt=attempt, reason=repr(outcome.reason))
+            self._finish_failed(run, f"trainer {outcome.reason}; log tail:\n{run.log_tail()}")
+
+    def _finish_completed(self, run: TrainerRun) -> None:
+        try:
+            artifact = self._put_with_retries(run)
+        except StoreError as exc:
+            self._store_failed(run, exc)
+            return
+        written = self._fenced({run.spec.job_id: (
+            run.attempt, Status.RUNNING,
+            lambda s: s.model_copy(update={"status": Status.COMPLETED, "holder": None,
+                                           "artifact": artifact, "last_error": None}),
+            "running->completed", "complete")})
+        if run.spec.job_id in written:
+            event("complete", job=run.spec.name, attempt=run.attempt, sha256=artifact.sha256,
+                  size=artifact.size)
+        else:
+            event("result-discarded", job=run.spec.name, attempt=run.attempt,
+                  reason="the job is no longer ours; the bundle stays in the store")
+        self._forget(run)
+
+    def _put_with_retries(self, run: TrainerRun, tries: int = 3) -> Artifact:
+        for attempt in range(tries):
+            try:
+                return pack_into(self.store(), run.output_dir, run.dir)
+            except StoreError as exc:
+                event("store-failed", job=run.spec.name, attempt=run.attempt, error=repr(str(exc)))
+                if attempt == tries - 1:
+                    raise
+                time.sleep(compute_backoff(attempt + 2, rng=self.rng))
+        raise AssertionError("unreachable")
+
+    def _store_failed(self, run: TrainerRun, exc: StoreError) -> None:
+        """The outputs could not be stored: give the job back, spending budget,
+        so a full store cannot loop forever."""
+        fleet = self._fleet()
+        max_attempts = fleet.max_attempts if fleet else 3
+
+        def give_back(s: JobState) -> JobState:
+            error = f"store failed on {self.name}: {exc}"[:MAX_ERROR]
+            if s.lost + 1 >= max_attempts:
+                return s.model_copy(update={"status": Status.FAILED, "holder": None,
+                                            "last_error": error})
+            return s.model_copy(update={"status": Status.PENDING, "holder": None,
+                                        "lost": s.lost + 1, "last_error": error})
+        self._fenced({run.spec.job_id: (run.attempt, Status.RUNNING, give_back,
+                                        "running->pending", "release")})
+        self._forget(run)
+
+    def _finish_failed(self, run: TrainerRun, error: str) -> None:
+        written = self._fenced({run.spec.job_id: (
+            run.attempt, None,
+            lambda s: s.model_copy(update={"status": Status.FAILED, "holder": None,
+                                           "last_error": error[-MAX_ERROR:]}),
+            None, "fail")})
+        if run.spec.job_id in written:
+            event("fail", job=run.spec.name, attempt=run.attempt)
+        self._forget(run)
+
+    def _release(self, jobs: dict[str, tuple[int, str]], count: bool) -> None:
+        self._fenced({
+            job_id: (attempt, None,
+                     lambda s, why=why: s.model_copy(update={
+                         "status": Status.PENDING, "holder": None,
+                         "lost": s.lost + (1 if count else 0), "last_error": why}),
+                     None, "release")
+            for job_id, (attempt, why) in jobs.items()})
+
+    def _forget(self, run: TrainerRun) -> None:
+        if self.runs.get(run.spec.job_id) is run:
+            del self.runs[run.spec.job_id]
+        shutil.rmtree(run.dir, ignore_errors=True)
+
+    # ---------------------------------------------------------- fenced writes
+
+    def _fenced(self, updates: dict[str, tuple]) -> set[str]:
+        """Write `make(state)` for each job still held by us at that attempt (and,
+        if given, in that status); returns the jobs written. Retried through an
+        outage until the renew deadline: after that the reconciler sweeps."""
+        written: set[str] = set()
+        deadline = self.clock() + self._renew_deadline_s()
+
+        def build(snap: Snapshot) -> Proposal | None:
+            written.clear()
+            states, changes = [], []
+            for job_id, (attempt, status, make, label, meaning) in updates.items():
+                cur = snap.states.get(job_id)
+                if (cur is None or cur.holder != self.name or cur.attempt != attempt
+                        or cur.status not in HELD or (status and cur.status is not status)):
+                    continue
+                new = make(cur)
+                states.append(new)
+                changes.append(trailers.Change(
+                    job_id, new.name, attempt,
+                    label or f"{cur.status.value}->{new.status.value}", meaning))
+                written.add(job_id)
+            return Proposal.of_states(states, changes) if states else None
+
+        tries = 0
+        while True:
+            outcome = self._write(build, "record")
+            if outcome is not None:
+                return written if outcome.commit else set()
+            if self.clock() > deadline or self._signals > 1:
+                return set()
+            time.sleep(compute_backoff(tries + 3, rng=self.rng))
+            tries += 1
