@@ -26,6 +26,7 @@ from reconciler.identity import JobSpec
 from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
 from reconciler.manifest import LoadedManifest
 from reconciler.schema import HELD, Artifact, Capability, JobState, Status
+from reconciler.sdnotify import notify
 from reconciler.store import Store, pack_into
 from worker.beat import Beater, Held
 from worker.runner import Outcome, TrainerRun
@@ -97,8 +98,10 @@ class Worker:
     def run(self) -> int:
         """Until stopped, or idle with --exit-when-idle, or --max-jobs claimed."""
         self.beater.start()
+        notify("READY=1")
         try:
             while not self.stopping.is_set():
+                notify("WATCHDOG=1")
                 self._reap()
                 self._enforce_revocations()
                 idle = self._maybe_claim()
@@ -116,6 +119,7 @@ class Worker:
 
     def teardown(self) -> None:
         """Stop trainers, release held jobs (not counted against the budget), last beat."""
+        notify("STOPPING=1")
         self.beater.stop()
         release = {}
         for run in list(self.runs.values()):
