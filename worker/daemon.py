@@ -10,6 +10,7 @@ can never record anything.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import signal
@@ -87,7 +88,7 @@ class Worker:
         if self._signals > 1 and signum == signal.SIGINT:
             for run in list(self.runs.values()):
                 run.kill()
-            raise SystemExit(130)
+            os._exit(130)  # the second Ctrl-C means now: no release, no last beat
         event("shutdown", worker=self.name, signal=signal.Signals(signum).name)
         self.stop()
 
@@ -152,7 +153,7 @@ class Worker:
     def _observe(self, snap: Snapshot) -> LoadedManifest | None:
         """Keep the last manifest that validated: a bad commit must not stop work."""
         if snap.manifest is not None:
-            if self.manifest is None or self.manifest.manifest != snap.manifest.manifest:
+            if snap.manifest is not self.manifest:  # the ledger caches it per blob id
                 fleet = snap.manifest.fleet
                 self.beater.ledger.push_timeout_s = min(60.0, max(2.0, fleet.stale_after_s / 3))
                 self.ledger.push_timeout_s = min(60.0, max(5.0, fleet.stale_after_s))
