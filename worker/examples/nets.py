@@ -16,9 +16,11 @@ weights give an identical file.
 On a GPU the weights differ from the CPU run, and between GPU models, drivers,
 CUDA/cuDNN and torch versions. On one fixed GPU stack, runs repeat only
 because we set `CUBLAS_WORKSPACE_CONFIG=:4096:8`, `cudnn.deterministic` and
-`cudnn.benchmark = False` before CUDA starts; an op without a deterministic
-CUDA kernel only warns (`warn_only=True`) instead of failing the job, and then
-repeat runs may differ. metrics.json records the device and its name.
+`cudnn.benchmark = False` before CUDA starts, and compute the loss without
+NLLLoss (no deterministic CUDA kernel). An op without a deterministic CUDA
+kernel only warns (`warn_only=True`) instead of failing the job, and then
+repeat runs may differ: attention's backward on some GPUs is one. metrics.json
+records the device and its name.
 """
 
 from __future__ import annotations
@@ -172,7 +174,6 @@ def fit(
     x_test, y_test = x[test_idx], y[test_idx]
     model = make_model().to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(job.seed)
     n = len(train_idx)
     for epoch in range(args.epochs):
@@ -181,14 +182,14 @@ def fit(
         for start in range(0, n, args.batch_size):
             batch = order[start : start + args.batch_size]
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_train[batch]), y_train[batch])
+            loss = cross_entropy(model(x_train[batch]), y_train[batch])
             loss.backward()
             optimiser.step()
         if epoch + 1 < args.epochs:
             common.progress((epoch + 1) / args.epochs)
 
-    test_correct, test_loss = _evaluate(model, x_test, y_test, loss_fn, args.batch_size)
-    train_correct, train_loss = _evaluate(model, x_train, y_train, loss_fn, args.batch_size)
+    test_correct, test_loss = _evaluate(model, x_test, y_test, args.batch_size)
+    train_correct, train_loss = _evaluate(model, x_train, y_train, args.batch_size)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     common.write_file(job, "model.pt", state_dict_bytes(state))
     metrics = {
@@ -210,13 +211,22 @@ def fit(
     common.finish(job, model_name, metrics)
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy from log_softmax and gather: `nn.CrossEntropyLoss` goes
+    through NLLLoss, which has no deterministic CUDA kernel (torch raises, or with
+    warn_only warns, under deterministic mode); gather's backward does."""
+    picked = torch.log_softmax(logits, dim=1).gather(1, labels[:, None])
+    return -picked.mean()
+
+
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
-              batch_size: int) -> tuple[np.ndarray, float]:
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> tuple[np.ndarray, float]:
     model.eval()
     step = max(batch_size, 256)
     logits = torch.cat([model(x[i : i + step]) for i in range(0, len(x), step)])
-    loss = float(loss_fn(logits, y).item())
+    loss = float(cross_entropy(logits, y).item())
     correct = (logits.argmax(dim=1) == y).cpu().numpy()
     return correct, loss
 
