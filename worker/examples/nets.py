@@ -8,7 +8,7 @@ Determinism on the CPU: `torch.manual_seed(seed)`, one intra-op and one
 inter-op thread (a different thread count changes the order of float sums),
 `torch.use_deterministic_algorithms(True)`, and a shuffling generator seeded
 from the spec. Same seed, hyper, host (CPU model, torch build) give the same
-weights. `torch.save` alone is not byte-stable: since torch 2.3 the archive
+weights. `torch.save` alone is not byte-stable: in recent torch (2.13 here) the archive
 holds a random `.data/serialization_id`; `state_dict_bytes` replaces it with
 digits derived from the rest of the archive (and fixes its CRC), so identical
 weights give an identical file.
