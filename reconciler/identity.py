@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.schema import Defaults, Job, Trainer
@@ -75,6 +75,8 @@ def job_id_of(spec_or_identity: JobSpec | dict[str, Any]) -> str:
 
 
 def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0) -> JobSpec:
+    """Apply [defaults]; the id is computed before the spec is built, so a
+    100,000-job manifest builds each (frozen, slow to copy) spec once."""
     def pick(name: str, fallback: Any) -> Any:
         value = getattr(job, name)
         if value is None:
@@ -83,12 +85,18 @@ def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0) -> J
 
     allowed = pick("allowed_hosts", None)
     train_hosts = pick("train_hosts", None)
-    spec = JobSpec(
-        job_id="",
+    mode, split_recipe, seed = pick("mode", None), pick("split_recipe", None), pick("seed", 0)
+    hyper = dict(job.hyper)
+    job_id = job_id_of({
+        "model": job.model, "mode": mode, "hyper": hyper, "split_recipe": split_recipe,
+        "train_hosts": list(train_hosts) if train_hosts is not None else None, "seed": seed,
+    })
+    return JobSpec(
+        job_id=job_id,
         index=index,
         name=job.name,
         model=job.model,
-        mode=pick("mode", None),
+        mode=mode,
         priority=pick("priority", 0),
         require_cuda=pick("require_cuda", False),
         prefer_cuda=pick("prefer_cuda", False),
@@ -97,14 +105,13 @@ def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0) -> J
         min_cores=pick("min_cores", 0),
         allowed_hosts=tuple(allowed) if allowed is not None else None,
         denied_hosts=tuple(pick("denied_hosts", ())),
-        hyper=dict(job.hyper),
-        split_recipe=pick("split_recipe", None),
+        hyper=hyper,
+        split_recipe=split_recipe,
         train_hosts=tuple(train_hosts) if train_hosts is not None else None,
-        seed=pick("seed", 0),
+        seed=seed,
         n_resamples=pick("n_resamples", None),
         cancel=job.cancel,
         command=tuple(trainer.command),
         workdir=trainer.workdir,
         timeout_s=trainer.timeout_s,
     )
-    return replace(spec, job_id=job_id_of(spec))

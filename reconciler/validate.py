@@ -10,7 +10,8 @@ middle commit.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from reconciler.access import Access, load_access
 from reconciler.errors import AccessDenied, IllegalTransition, LedgerError, ManifestError
@@ -28,14 +29,35 @@ class Refused(LedgerError):
     """The push breaks a ledger rule."""
 
 
-@dataclass
 class Context:
-    """What a commit is judged against: the ledger as of its parent."""
+    """What a commit is judged against: the ledger as of its parent.
 
-    access: Access
-    manifest: LoadedManifest | None
-    max_attempts: int = 3
-    seen: dict[str, JobState | None] = field(default_factory=dict)
+    The manifest is parsed only when a rule needs it (a sweep's budget, or an
+    operator's manifest edit): a claim never does, and parsing a 10,000-job
+    manifest on every push made the hook, and so every claim, grow with the
+    ledger (bench P4)."""
+
+    def __init__(self, access: Access, manifest: LoadedManifest | None = None,
+                 loader: Callable[[], LoadedManifest | None] | None = None) -> None:
+        self.access = access
+        self._manifest = manifest
+        self._loader = loader
+        self.seen: dict[str, JobState | None] = {}
+
+    @property
+    def manifest(self) -> LoadedManifest | None:
+        if self._loader is not None:
+            self._manifest, self._loader = self._loader(), None
+        return self._manifest
+
+    @manifest.setter
+    def manifest(self, value: LoadedManifest | None) -> None:
+        self._manifest, self._loader = value, None
+
+    @property
+    def max_attempts(self) -> int:
+        manifest = self.manifest
+        return manifest.fleet.max_attempts if manifest else 3
 
 
 @dataclass(frozen=True)
@@ -65,16 +87,16 @@ def context_at(repo: GitRepo, rev: str | None) -> Context:
         return Context(Access(), None)
     blobs = {e.path: e.sha for e in repo.ls_tree(rev, "manifest.toml", "access.toml")}
     access = load_access(repo.read_blob(blobs["access.toml"]) if "access.toml" in blobs else None)
-    manifest = None
-    if "manifest.toml" in blobs:
+
+    def load() -> LoadedManifest | None:
+        if "manifest.toml" not in blobs:
+            return None
         try:
-            manifest = load_manifest(repo.read_blob(blobs["manifest.toml"]) or b"")
+            return load_manifest(repo.read_blob(blobs["manifest.toml"]) or b"")
         except ManifestError:
-            manifest = None  # an old bad manifest (hook-less ledger) must not block its fix
-    ctx = Context(access, manifest)
-    if manifest:
-        ctx.max_attempts = manifest.fleet.max_attempts
-    return ctx
+            return None  # an old bad manifest (hook-less ledger) must not block its fix
+
+    return Context(access, loader=load)
 
 
 def author_of(repo: GitRepo, commit: str) -> tuple[str, list[str]]:
@@ -143,7 +165,6 @@ def _operator_file(ctx: Context, actor: Actor, d: Diff, data: bytes | None, wher
             ctx.manifest = load_manifest(data)
         except ManifestError as exc:
             raise Refused(f"{where}: {exc}", path=d.path) from None
-        ctx.max_attempts = ctx.manifest.fleet.max_attempts
     elif d.path == "access.toml":
         try:
             load_access(data)  # takes effect for the next push, judged as of old
@@ -167,7 +188,9 @@ def _state_change(ctx: Context, actor: Actor, d: Diff, job_id: str, blob, where:
     new = parsed(d.new_sha)
     old = parsed(d.old_sha) if d.old_sha != ZERO else None
     try:
-        verdict = check_transition(old, new, actor, max_attempts=ctx.max_attempts)
+        # Only the reconciler's sweeps read the budget: nobody else pays for the manifest.
+        budget = ctx.max_attempts if actor.role is Role.RECONCILER else 0
+        verdict = check_transition(old, new, actor, max_attempts=budget)
     except IllegalTransition as exc:
         raise Refused(f"{where}: {exc}", **exc.data) from None
     return f"{job_id} {verdict.label}"
