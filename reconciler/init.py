@@ -102,7 +102,9 @@ def _with_fleet(text: str, store: Path, fleet: dict[str, float | int]) -> str:
     for key, value in values.items():
         rendered = f'"{value}"' if isinstance(value, str) else repr(value)
         line = f"{key} = {rendered}"
-        pattern = re.compile(rf"^(\[fleet\][^\[]*?)^{key}\s*=.*$", re.M | re.S)
+        # within [fleet]: lines up to the next table header (one starting with "[")
+        pattern = re.compile(rf"^(\[fleet\][ \t]*\n(?:(?!\[)[^\n]*\n)*?){key}[ \t]*=[^\n]*$",
+                             re.M)
         if key == "store" and pattern.search(text):
             continue  # the template chose a store: keep it
         if pattern.search(text):
