@@ -14,7 +14,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; %C expands to 40 hex chars
+MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; "<8 hex>-%C" expands to 49 chars
 
 
 def is_ssh(url: str) -> bool:
@@ -23,7 +23,7 @@ def is_ssh(url: str) -> bool:
 
 def control_dir(state_dir: Path) -> Path:
     wanted = Path(state_dir) / "ssh"
-    if len(str(wanted)) + 45 <= MAX_SOCKET_PATH:
+    if len(str(wanted)) + 54 <= MAX_SOCKET_PATH:
         wanted.mkdir(parents=True, exist_ok=True, mode=0o700)
         return wanted
     digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]
@@ -33,13 +33,18 @@ def control_dir(state_dir: Path) -> Path:
 
 
 def ssh_command(state_dir: Path, base: str | None = None) -> list[str]:
-    """argv of ssh with connection reuse; `base` is e.g. $GIT_SSH_COMMAND."""
+    """argv of ssh with connection reuse; `base` is e.g. $GIT_SSH_COMMAND.
+
+    %C does not cover the key: two actors sharing a state dir with different
+    `-i` keys would share one connection, hence one identity. The socket name
+    carries a digest of the base command so each key gets its own master."""
     argv = shlex.split(base or os.environ.get("GIT_SSH_COMMAND") or "ssh")
+    tag = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:8]
     return [
         *argv,
         "-o", "BatchMode=yes",
         "-o", "ControlMaster=auto",
-        "-o", f"ControlPath={control_dir(state_dir)}/%C",
+        "-o", f"ControlPath={control_dir(state_dir)}/{tag}-%C",
         "-o", "ControlPersist=120",
     ]
 
