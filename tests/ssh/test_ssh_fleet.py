@@ -1,0 +1,308 @@
+"""The fleet over real ssh: identity comes from the key, the forced command
+allows only the ledger and the store, and the hook judges every push.
+
+The hook's full rule matrix is tested over local paths in
+tests/integration/test_hook.py; here each rule is crossed once over ssh, with
+the pusher's identity coming from `authorized_keys` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from conftest import SshClient, SshServer
+
+from ledgerkit import LedgerDir, make_ledger
+from reconciler import trailers
+from reconciler.ledger import Ledger, Proposal, PushStatus
+from reconciler.schema import Artifact, JobState, Status
+
+pytestmark = pytest.mark.ssh
+
+SHA_ZERO = "0" * 64
+
+
+@contextmanager
+def ssh_env(client: SshClient, **extra: str) -> Iterator[None]:
+    """Git started in here talks ssh with `client`'s key (and whatever `extra` adds)."""
+    with mock.patch.dict(os.environ, {**client.env, **extra}):
+        yield
+
+
+def open_ledger(client: SshClient, ledger: LedgerDir, root: Path, identity: str | None = None,
+                **extra: str) -> Ledger:
+    """A Ledger over ssh with `client`'s key; `identity` is only what the client
+    claims (author, TRAINLEDGER_IDENTITY in its own environment)."""
+    with ssh_env(client, **extra):
+        return Ledger(client.server.url(ledger.path),
+                      root / f"host-{client.key.name}" / f"{identity or client.name}.git",
+                      identity or client.name)
+
+
+def change(state: JobState, transition: str, meaning: str) -> trailers.Change:
+    return trailers.Change(state.job_id, state.name, state.attempt, transition, meaning)
+
+
+def propose(*states: tuple[JobState, str, str]) -> Proposal:
+    return Proposal.of_states([s for s, _, _ in states],
+                              [change(s, t, m) for s, t, m in states])
+
+
+def main_of(ledger: LedgerDir) -> str:
+    return ledger.git("rev-parse", "main").strip()
+
+
+@dataclass
+class Fleet:
+    """One ledger on the 'Pi', reached over ssh by two workers and an operator."""
+
+    ledger: LedgerDir
+    alpha: SshClient
+    beta: SshClient
+    operator: SshClient
+    root: Path
+
+    def open(self, client: SshClient, identity: str | None = None,
+             **extra: str) -> closing[Ledger]:
+        return closing(open_ledger(client, self.ledger, self.root, identity, **extra))
+
+    def jobs(self) -> list[JobState]:
+        with self.open(self.operator) as ledger:
+            return sorted(ledger.snapshot(ledger.fetch()).states.values(), key=lambda s: s.name)
+
+
+@pytest.fixture
+def fleet(sshd: SshServer, tmp_path: Path) -> Fleet:
+    ledger = make_ledger(tmp_path, jobs=3)
+    enroll = lambda name, role="worker": sshd.enroll(name, ledger.path, ledger.store, role)  # noqa: E731
+    return Fleet(ledger, enroll("alpha"), enroll("beta"), enroll("operator", "operator"),
+                 tmp_path)
+
+
+def write(ledger: Ledger, build) -> str:
+    outcome = ledger.write(build)
+    assert outcome.commit, "the builder had nothing to write"
+    return outcome.commit
+
+
+def claim(ledger: Ledger, job: JobState) -> JobState:
+    def build(snap):
+        old = snap.states[job.job_id]
+        new = old.model_copy(update={"status": Status.CLAIMED, "attempt": old.attempt + 1,
+                                     "holder": ledger.identity})
+        return propose((new, "pending->claimed", "claim"))
+
+    write(ledger, build)
+    return ledger.snapshot().states[job.job_id]
+
+
+def transition(ledger: Ledger, job_id: str, label: str, meaning: str, **update) -> JobState:
+    def build(snap):
+        new = snap.states[job_id].model_copy(update=update)
+        return propose((new, label, meaning))
+
+    write(ledger, build)
+    return ledger.snapshot().states[job_id]
+
+
+def push_refused(ledger: Ledger, sha: str, ref: str = "refs/heads/main") -> str:
+    result = ledger.push(sha, ref)
+    assert result.status is PushStatus.REJECTED, result
+    return result.message
+
+
+# ------------------------------------------------------------- forced command
+
+
+def test_forced_command_refuses_everything_but_git_and_store(fleet: Fleet, sshd: SshServer,
+                                                            tmp_path: Path) -> None:
+    alpha = fleet.alpha
+    cases = {
+        "id": "command not allowed",
+        "sh -c 'cat /etc/passwd'": "command not allowed",
+        "git-upload-pack '--help'": "may not start with '-'",
+        "git-receive-pack '-u' 'x'": "expected one quoted path",
+        "git-receive-pack -u": "may not start with '-'",
+        f"git-upload-pack '{fleet.ledger.path}'; id": "expected one quoted path",
+        "git-upload-pack '/etc'": "is not the ledger",
+        f"store-put ../../{SHA_ZERO}": "expected `store-put <sha256>`",
+    }
+    for command, reason in cases.items():
+        proc = alpha.run(command)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1, (command, err)
+        assert "trainledger-shell: refused: " in err and reason in err, (command, err)
+        assert proc.stdout == b""
+    login = alpha.run(None)
+    assert login.returncode == 1
+    assert "interactive login is not allowed" in login.stderr.decode()
+    assert not (Path.home() / "git-shell-commands").exists()
+
+
+def test_another_repository_is_refused(fleet: Fleet, sshd: SshServer, tmp_path: Path) -> None:
+    other = tmp_path / "other.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(other)], check=True)
+    with ssh_env(fleet.alpha):
+        proc = subprocess.run(["git", "ls-remote", sshd.url(other)], capture_output=True,
+                              text=True, timeout=20)
+    assert proc.returncode != 0
+    assert f"'{other}' is not the ledger" in proc.stderr
+
+
+def test_an_unenrolled_key_gets_nothing(fleet: Fleet, sshd: SshServer, tmp_path: Path) -> None:
+    stranger = SshClient("stranger", tmp_path / "stranger", sshd)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger.key)],
+                   check=True)
+    proc = stranger.run(f"git-upload-pack '{fleet.ledger.path}'")
+    assert proc.returncode == 255 and b"Permission denied" in proc.stderr
+
+
+# ----------------------------------------------------- the hook, over ssh
+
+
+def test_wrong_writes_are_refused_each_with_its_own_message(fleet: Fleet) -> None:
+    jobs = fleet.jobs()
+    with fleet.open(fleet.alpha) as alpha, fleet.open(fleet.beta) as beta:
+        # Given: beta holds job 0 and runs it; alpha has claimed job 1 twice
+        b_job = claim(beta, jobs[0])
+        b_job = transition(beta, b_job.job_id, "claimed->running", "start",
+                           status=Status.RUNNING)
+        a_job = claim(alpha, jobs[1])
+        a_job = transition(alpha, a_job.job_id, "claimed->pending", "release",
+                           status=Status.PENDING, holder=None)
+        a_job = claim(alpha, a_job)
+        assert a_job.attempt == 2
+        tip = alpha.fetch()
+        snap = alpha.snapshot(tip)
+        refused: dict[str, str] = {}
+
+        # When: alpha completes beta's job
+        done = b_job.model_copy(update={
+            "status": Status.COMPLETED, "holder": None,
+            "artifact": Artifact(sha256="ab" * 32, size=1)})
+        sha = alpha.commit(tip, propose((done, "running->completed", "complete")))
+        refused["other's job"] = push_refused(alpha, sha)
+
+        # a stale attempt of its own job
+        stale = a_job.model_copy(update={"status": Status.RUNNING, "attempt": 1})
+        sha = alpha.commit(tip, propose((stale, "claimed->running", "start")))
+        refused["stale"] = push_refused(alpha, sha)
+
+        # a manifest edit
+        manifest = alpha.repo.read_blob(
+            alpha.repo.ls_tree(tip, "manifest.toml")[0].sha) or b""
+        edited = Proposal({"manifest.toml": manifest.replace(b"seed = 0", b"seed = 100")}, [],
+                          "edit manifest")
+        refused["manifest"] = push_refused(alpha, alpha.commit(tip, edited))
+
+        # a symlink in the tree
+        tree = alpha.repo.commit_tree(tip)
+        link_blob = alpha.repo.write_object("blob", b"../../manifest.toml")
+        link_tree = _tree_with_symlink(alpha, tree, "link", link_blob)
+        sha = alpha.repo.write_commit(link_tree, [tip], alpha.signature(), "add a link\n")
+        refused["symlink"] = push_refused(alpha, sha)
+
+        # an illegal middle commit hidden by a legal tip
+        start = a_job.model_copy(update={"status": Status.RUNNING})
+        first = alpha.commit(tip, propose((start, "claimed->running", "start")))
+        stolen = b_job.model_copy(update={"holder": "alpha"})
+        middle = alpha.commit(first, propose((stolen, "running->running", "steal")))
+        last = alpha.commit(middle, propose((b_job, "running->running", "give back")))
+        assert alpha.repo.git("diff", "--quiet", first, last, check=False).returncode == 0
+        refused["middle"] = push_refused(alpha, last)
+
+        # a write to beta's heartbeat ref
+        alpha.repo.write_object("tree", b"")
+        beat = alpha.repo.write_commit("4b825dc642cb6eb9a060e54bf8d69288fbee4904", [],
+                                       alpha.signature(), "heartbeat beta\n\n{}")
+        refused["heartbeat"] = push_refused(alpha, beat, "refs/heartbeats/beta")
+
+        # a deletion and a force-push of main
+        refused["delete"] = _git_push_refused(alpha, ":refs/heads/main")
+        rewound = alpha.repo.write_commit(alpha.repo.commit_tree(tip), [],
+                                          alpha.signature(), "rewrite history\n")
+        refused["force"] = _git_push_refused(alpha, f"+{rewound}:refs/heads/main")
+
+    # Then: main never moved, and each refusal says why
+    assert main_of(fleet.ledger) == tip == snap.revision
+    expected = {
+        "other's job": f"job {b_job.name} ({b_job.job_id}) attempt 1, held by beta",
+        "stale": "stale attempt 1: the ledger holds attempt 2",
+        "manifest": "manifest.toml may be changed by operators only, not alpha",
+        "symlink": "link: a symlink may not enter the ledger",
+        "middle": f"commit {middle[:12]}: job {b_job.name}",
+        "heartbeat": "alpha may write only refs/heartbeats/alpha",
+        "delete": "delet",
+        "force": "forward",
+    }
+    for case, words in expected.items():
+        assert words in refused[case], (case, refused[case])
+    assert len(set(refused.values())) == len(refused)
+    assert "held by beta (attempt 1), not alpha" in refused["other's job"]
+
+
+def _tree_with_symlink(ledger: Ledger, tree: str, name: str, blob: str) -> str:
+    return ledger.repo.write_tree([*ledger.repo.read_tree(tree), ("120000", name, blob)])
+
+
+def _git_push_refused(ledger: Ledger, refspec: str) -> str:
+    proc = ledger.repo.git("push", "--porcelain", ledger.url, refspec, check=False, timeout=30)
+    assert proc.returncode != 0, proc
+    return proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+
+
+def test_identity_comes_from_the_key_not_the_environment(fleet: Fleet) -> None:
+    jobs = fleet.jobs()
+    # alpha's key, claiming to be the operator in every way a client can
+    spoof = {"TRAINLEDGER_IDENTITY": "operator"}
+    send = shlex.join([*fleet.alpha.ssh_argv, "-o", "SendEnv=TRAINLEDGER_IDENTITY"])
+    with fleet.open(fleet.alpha, "operator", GIT_SSH_COMMAND=send, **spoof) as fake:
+        tip = fake.fetch()
+        cancel = jobs[0].model_copy(update={"status": Status.CANCELLED})
+        message = push_refused(fake, fake.commit(tip, propose(
+            (cancel, "pending->cancelled", "cancel"))))
+        assert "author 'operator' is not the pusher 'alpha'" in message
+    # ... and with its own name as author, the role is still a worker's
+    with fleet.open(fleet.alpha, **spoof) as alpha:
+        tip = alpha.fetch()
+        message = push_refused(alpha, alpha.commit(tip, propose(
+            (cancel, "pending->cancelled", "cancel"))))
+        assert ("pending->cancelled by alpha (worker) refused: only operator or reconciler"
+                in message)
+        # nor a reconciler's: creating a state file
+        ghost = JobState(job_id="ff" + "0" * 14, name="ghost", status=Status.PENDING)
+        message = push_refused(alpha, alpha.commit(tip, propose(
+            (ghost, "new->pending", "create"))))
+        assert "only the reconciler creates state files (pusher alpha (worker))" in message
+    assert main_of(fleet.ledger) == tip
+
+
+def test_operator_cancels_and_requeues_and_a_worker_cannot(fleet: Fleet) -> None:
+    jobs = fleet.jobs()
+    job = jobs[2]
+    with fleet.open(fleet.alpha) as alpha, fleet.open(fleet.operator) as operator:
+        # a worker's try at a cancel is refused
+        with pytest.raises(Exception, match="only operator or reconciler"):
+            transition(alpha, job.job_id, "pending->cancelled", "cancel",
+                       status=Status.CANCELLED)
+        # the operator's cancel lands
+        cancelled = transition(operator, job.job_id, "pending->cancelled", "cancel",
+                               status=Status.CANCELLED)
+        assert cancelled.status is Status.CANCELLED
+        # a worker's try at the requeue is refused
+        with pytest.raises(Exception, match="only operator may make it"):
+            transition(alpha, job.job_id, "cancelled->pending", "requeue",
+                       status=Status.PENDING)
+        requeued = transition(operator, job.job_id, "cancelled->pending", "requeue",
+                              status=Status.PENDING, lost=0)
+        assert requeued.status is Status.PENDING
+    actors = [(t[3], t[4]) for t in fleet.ledger.transitions() if t[1] == job.job_id]
+    assert actors[-2:] == [("pending->cancelled", "operator"), ("cancelled->pending", "operator")]
