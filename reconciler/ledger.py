@@ -134,6 +134,7 @@ class Ledger:
         push_timeout_s: float = 60.0,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        backoff_cap_s: float = 10.0,
     ) -> None:
         self.url = url
         self.identity = identity
@@ -153,6 +154,10 @@ class Ledger:
         self._manifest: tuple[str, LoadedManifest | None, str | None] | None = None
         self._access: tuple[str | None, Access] | None = None
         self._heartbeat_lease: str | None = None
+        # What one push to this ledger costs now (EWMA of wall time): the unit of
+        # the lost-race backoff, so backoff stretches when the server is loaded.
+        self.push_cost_s = 0.05
+        self.backoff_cap_s = backoff_cap_s
 
     def close(self) -> None:
         self.repo.close()
@@ -305,7 +310,9 @@ class Ledger:
             if proposal is None:
                 return WriteOutcome(None, snap, lost)
             sha = self.commit(tip, proposal)
+            pushed_at = time.monotonic()
             result = self.push(sha)
+            self.push_cost_s += 0.3 * (time.monotonic() - pushed_at - self.push_cost_s)
             if result.status is PushStatus.AMBIGUOUS:
                 log.warning("push result unknown (%s); checking whether it landed", result.message)
                 try:
@@ -325,7 +332,11 @@ class Ledger:
             lost += 1
             if time.monotonic() - start > deadline_s:
                 break
-            sleep(compute_backoff(attempt, rng=self.rng))
+            # A lost race means the server was busy with someone else's push: wait
+            # in units of what a push costs now, up to a cap that spreads 32
+            # racers (a 2 s cap with 0.05 s units collapsed them, bench P2).
+            sleep(compute_backoff(attempt, base=max(0.05, self.push_cost_s),
+                                  cap=self.backoff_cap_s, rng=self.rng))
         raise LostRace(f"gave up after {lost} lost races on {self.url}", lost_races=lost)
 
     # -------------------------------------------------------------- heartbeats
