@@ -8,6 +8,7 @@ the pusher's identity coming from `authorized_keys` and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
@@ -24,6 +25,7 @@ from ledgerkit import LedgerDir, make_ledger
 from reconciler import trailers
 from reconciler.ledger import Ledger, Proposal, PushStatus
 from reconciler.schema import Artifact, JobState, Status
+from workerkit import Fleet as WorkerFleet
 
 pytestmark = pytest.mark.ssh
 
@@ -306,3 +308,57 @@ def test_operator_cancels_and_requeues_and_a_worker_cannot(fleet: Fleet) -> None
         assert requeued.status is Status.PENDING
     actors = [(t[3], t[4]) for t in fleet.ledger.transitions() if t[1] == job.job_id]
     assert actors[-2:] == [("pending->cancelled", "operator"), ("cancelled->pending", "operator")]
+
+
+# ------------------------------------------------------ workers and the store
+
+
+def test_two_workers_claim_and_complete_over_ssh(sshd: SshServer, tmp_path: Path) -> None:
+    # Given a ledger and store on the "Pi", and two hosts each with its own key
+    ledger = make_ledger(tmp_path, jobs=[{"name": f"job-{i}", "seed": i,
+                                          "hyper": {"seconds": 0.2}} for i in range(4)])
+    hosts = {name: sshd.enroll(name, ledger.path, ledger.store) for name in ("alpha", "beta")}
+    fleet = WorkerFleet(sshd.url(ledger.path), tmp_path, ledger.store)
+    # When both run until idle, over ssh:// to the ledger and to the store
+    workers = [fleet.start_worker(name, "--store", sshd.url(ledger.store), "--exit-when-idle",
+                                  env=client.env) for name, client in hosts.items()]
+    try:
+        for w in workers:
+            assert w.wait(90) == 0, w.text()
+    finally:
+        fleet.stop_all()
+    # Then every job completed once, by the worker that claimed it, bundles in the store
+    history = ledger.transitions()
+    claims = {job: actor for _, job, _, t, actor in history if t == "pending->claimed"}
+    done = [(job, actor) for _, job, _, t, actor in history if t == "running->completed"]
+    assert len(done) == 4 and len({job for job, _ in done}) == 4
+    assert all(claims[job] == actor for job, actor in done)
+    assert set(claims.values()) == {"alpha", "beta"}, claims
+    with ssh_env(hosts["alpha"]):
+        states = fleet.states(tmp_path / "reader" / "ledger.git")
+    assert len(states) == 4
+    for state in states.values():
+        assert state.status is Status.COMPLETED
+        bundle = ledger.store / "sha256" / state.artifact.sha256[:2] / \
+            f"{state.artifact.sha256}.tar.zst"
+        assert hashlib.sha256(bundle.read_bytes()).hexdigest() == state.artifact.sha256
+    # and each host's heartbeat ref was written under its own name only
+    refs = ledger.git("for-each-ref", "--format=%(refname)", "refs/heartbeats/").split()
+    assert sorted(refs) == ["refs/heartbeats/alpha", "refs/heartbeats/beta"]
+
+
+def test_store_put_of_mismatched_bytes_never_appears(fleet: Fleet) -> None:
+    store = fleet.ledger.store
+    good = b"a real bundle would be zstd, the store only cares about the hash\n"
+    sha = hashlib.sha256(good).hexdigest()
+    # bytes that do not hash to the name they are put under
+    proc = fleet.alpha.run(f"store-put {sha}", input=good + b"tampered")
+    assert proc.returncode == 1 and b"refused" in proc.stderr, proc
+    assert fleet.alpha.run(f"store-has {sha}").returncode == 1
+    assert not list(store.rglob("*.tar.zst")) and not list(store.rglob(".put-*"))
+    # the right bytes go in, once, and come back as they went
+    assert fleet.alpha.run(f"store-put {sha}", input=good).returncode == 0
+    assert fleet.beta.run(f"store-put {sha}", input=good).returncode == 0
+    assert fleet.beta.run(f"store-has {sha}").returncode == 0
+    assert fleet.beta.run(f"store-get {sha}").stdout == good
+    assert [p.name for p in store.rglob("*") if p.is_file()] == [f"{sha}.tar.zst"]
