@@ -7,13 +7,16 @@ argument of the forced command in `authorized_keys`; on a local path push it is
 
 from __future__ import annotations
 
+import re
 import tomllib
-
-from pydantic import Field, ValidationError
+from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.errors import AccessDenied
-from reconciler.schema import Name, Strict
+from reconciler.state import NAME_PATTERN
 from reconciler.transitions import Actor, Role
+
+NAME_RE = re.compile(NAME_PATTERN)
 
 DEFAULT_ACCESS = b"""\
 # Who may write what. Only operators may change this file.
@@ -24,16 +27,13 @@ reconcilers = ["reconciler"]
 """
 
 
-class Access(Strict):
-    operators: list[Name] = Field(
-        default_factory=lambda: ["operator"], description="Identities with the operator role."
-    )
-    reconcilers: list[Name] = Field(
-        default_factory=lambda: ["reconciler"], description="Identities of reconcilers."
-    )
-    workers: list[Name] | None = Field(
-        None, description="Worker identities; unset means any other identity."
-    )
+@dataclass(frozen=True)
+class Access:
+    """Roles by identity. Plain Python, not pydantic: every push reads it."""
+
+    operators: list[str] = field(default_factory=lambda: ["operator"])
+    reconcilers: list[str] = field(default_factory=lambda: ["reconciler"])
+    workers: list[str] | None = None  # None: any other identity is a worker
 
     def role_of(self, identity: str) -> Role | None:
         if identity in self.operators:
@@ -52,6 +52,18 @@ class Access(Strict):
         return Actor(identity, role)
 
 
+def _names(raw: dict[str, Any], key: str, filename: str) -> list[str] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AccessDenied(f"{filename}: field {key!r}: expected a list of names")
+    for name in value:
+        if not NAME_RE.match(name):
+            raise AccessDenied(f"{filename}: field {key!r}: {name!r} is not a valid name")
+    return list(value)
+
+
 def load_access(data: bytes | None, filename: str = "access.toml") -> Access:
     """Parse access.toml; a missing file means the defaults."""
     if data is None:
@@ -59,10 +71,15 @@ def load_access(data: bytes | None, filename: str = "access.toml") -> Access:
     if len(data) > 64 * 1024:
         raise AccessDenied(f"{filename}: over 64 KiB")
     try:
-        return Access.model_validate(tomllib.loads(data.decode("utf-8")))
+        raw = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise AccessDenied(f"{filename}: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise AccessDenied(f"{filename}: field {where!r}: {first['msg']}") from None
+    unknown = sorted(set(raw) - {"operators", "reconcilers", "workers"})
+    if unknown:
+        raise AccessDenied(f"{filename}: field {unknown[0]!r}: unknown field")
+    defaults = Access()
+    return Access(
+        operators=_names(raw, "operators", filename) or defaults.operators,
+        reconcilers=_names(raw, "reconcilers", filename) or defaults.reconcilers,
+        workers=_names(raw, "workers", filename),
+    )

@@ -22,7 +22,7 @@ class ManifestError(LedgerError):
     """The manifest is not valid."""
 
 
-class StateError(LedgerError):
+class StateError(LedgerError, ValueError):
     """A state file is not valid."""
 
 

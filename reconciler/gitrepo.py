@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from gitdb import IStream, LooseObjectDB
-
 from reconciler.errors import GitError
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -142,7 +140,7 @@ class GitRepo:
         self.path = Path(path)
         self.env = git_env(env, quarantine=quarantine)
         self._cat = CatFile(self.path, self.env)
-        self._odb = LooseObjectDB(str(self.path / "objects"))
+        self._odb = None  # gitdb's writer, imported on the first write: readers skip it
 
     @classmethod
     def init_bare(cls, path: Path | str, env: Mapping[str, str] | None = None) -> GitRepo:
@@ -258,6 +256,12 @@ class GitRepo:
     # ------------------------------------------------------------------- writes
 
     def write_object(self, kind: str, data: bytes) -> str:
+        if self._odb is None:
+            from gitdb import LooseObjectDB
+
+            self._odb = LooseObjectDB(str(self.path / "objects"))
+        from gitdb import IStream
+
         stream = self._odb.store(IStream(kind.encode(), len(data), BytesIO(data)))
         return stream.hexsha.decode() if isinstance(stream.hexsha, bytes) else stream.hexsha
 

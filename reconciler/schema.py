@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,9 +17,21 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     field_validator,
     model_validator,
+)
+
+# Defined without pydantic in reconciler/state.py, so the hook starts fast.
+from reconciler.state import (  # noqa: F401 - re-exported
+    HELD,
+    MAX_STATE_BYTES,
+    STATE_SCHEMA,
+    TERMINAL,
+    Artifact,
+    JobState,
+    Status,
+    parse_state,
+    state_path,
 )
 
 SCHEMA_VERSION = 1
@@ -179,86 +190,6 @@ class Manifest(Strict):
 # ------------------------------------------------------------------------ state
 
 
-class Status(StrEnum):
-    PENDING = "pending"
-    CLAIMED = "claimed"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-HELD = frozenset({Status.CLAIMED, Status.RUNNING})
-TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
-
-
-class Artifact(Strict):
-    sha256: Sha256 = Field(..., description="sha256 of the .tar.zst bundle.")
-    size: int = Field(..., ge=0, le=2**50, description="Bundle size in bytes.")
-
-
-class JobState(Strict):
-    """Observed state of one job: `state/<aa>/<job_id>.json`."""
-
-    job_id: JobId = Field(..., description="16 hex chars of sha256 over the identity fields.")
-    name: Name = Field(..., description="Job name when the state was last written.")
-    status: Status = Field(..., description="Where the job is in the state machine.")
-    attempt: int = Field(
-        0, ge=0, le=2**31, description="Fencing token: +1 at every claim, never decreases."
-    )
-    holder: Name | None = Field(None, description="Worker holding the claim (claimed/running).")
-    lost: int = Field(
-        0, ge=0, le=2**31, description="Claims lost to sweeps since the last requeue."
-    )
-    cpu_ok: bool = Field(False, description="prefer_cuda grace is over: CPU workers may claim.")
-    artifact: Artifact | None = Field(None, description="The bundle, once completed.")
-    last_error: str | None = Field(
-        None, max_length=8192, description="Why it last failed, was swept or released."
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> JobState:
-        if (self.status in HELD) != (self.holder is not None):
-            raise ValueError(f"holder must be set exactly when status is claimed or running "
-                             f"(status {self.status.value}, holder {self.holder!r})")
-        if (self.status is Status.COMPLETED) != (self.artifact is not None):
-            raise ValueError("artifact must be set exactly when status is completed")
-        if self.status in HELD and self.attempt == 0:
-            raise ValueError("a held job has attempt >= 1")
-        return self
-
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, 2-space indent, trailing newline."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2) + "\n"
-
-    @property
-    def path(self) -> str:
-        return state_path(self.job_id)
-
-
-def state_path(job_id: str) -> str:
-    return f"state/{job_id[:2]}/{job_id}.json"
-
-
-MAX_STATE_BYTES = 64 * 1024
-
-
-def parse_state(data: bytes, job_id: str) -> JobState | str:
-    """A state file, or the error naming its path and field."""
-    path = state_path(job_id)
-    if len(data) > MAX_STATE_BYTES:
-        return f"{path}: state file is {len(data)} bytes, over 64 KiB"
-    try:
-        state = JobState.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(file)"
-        return f"{path}: field {where!r}: {first['msg']}"
-    if state.job_id != job_id:
-        return f"{path}: job_id {state.job_id} does not match its path"
-    return state
-
-
 # ------------------------------------------------------------------- capability
 
 
@@ -313,13 +244,15 @@ class Heartbeat(Strict):
     report: dict[str, Any] | None = Field(None, description="Reconciler report (its ref only).")
 
 
-SCHEMAS: dict[str, type[BaseModel]] = {
-    "manifest": Manifest, "state": JobState, "capability": Capability,
+SCHEMAS: dict[str, type[BaseModel] | dict[str, Any]] = {
+    "manifest": Manifest, "state": STATE_SCHEMA, "capability": Capability,
 }
 
 
 def schema_text(name: str) -> str:
-    return json.dumps(SCHEMAS[name].model_json_schema(), indent=2, sort_keys=True) + "\n"
+    schema = SCHEMAS[name]
+    data = schema if isinstance(schema, dict) else schema.model_json_schema()
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def export_schemas(docs: Path) -> list[Path]:

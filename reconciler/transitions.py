@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from reconciler.errors import IllegalTransition
-from reconciler.schema import HELD, JobState, Status
+from reconciler.state import HELD, JobState, Status
 
 P, C, R = Status.PENDING, Status.CLAIMED, Status.RUNNING
 DONE, FAIL, CANC = Status.COMPLETED, Status.FAILED, Status.CANCELLED

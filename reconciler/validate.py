@@ -12,13 +12,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from reconciler.access import Access, load_access
 from reconciler.errors import AccessDenied, IllegalTransition, LedgerError, ManifestError
 from reconciler.gitrepo import BLOB_MODE, GitRepo
-from reconciler.manifest import LoadedManifest, load_manifest
-from reconciler.schema import MAX_STATE_BYTES, JobState, parse_state
+from reconciler.state import MAX_STATE_BYTES, JobState, parse_state
 from reconciler.transitions import Actor, Role, check_transition
+
+if TYPE_CHECKING:
+    from reconciler.manifest import LoadedManifest
 
 STATE_RE = re.compile(r"^state/([0-9a-f]{2})/([0-9a-f]{16})\.json$")
 OPERATOR_FILES = ("manifest.toml", "access.toml", "README.md")
@@ -92,6 +95,8 @@ def context_at(repo: GitRepo, rev: str | None) -> Context:
         if "manifest.toml" not in blobs:
             return None
         try:
+            from reconciler.manifest import load_manifest  # pydantic: only when a rule needs it
+
             return load_manifest(repo.read_blob(blobs["manifest.toml"]) or b"")
         except ManifestError:
             return None  # an old bad manifest (hook-less ledger) must not block its fix
@@ -162,6 +167,8 @@ def _operator_file(ctx: Context, actor: Actor, d: Diff, data: bytes | None, wher
         raise Refused(f"{where}: {d.path} may not be deleted", path=d.path)
     if d.path == "manifest.toml":
         try:
+            from reconciler.manifest import load_manifest
+
             ctx.manifest = load_manifest(data)
         except ManifestError as exc:
             raise Refused(f"{where}: {exc}", path=d.path) from None

@@ -1,0 +1,214 @@
+"""The state file format, without pydantic: the pre-receive hook judges every
+push to main, and importing pydantic alone costs ~120 ms, more than the push.
+
+`STATE_SCHEMA` (JSON Schema) is the single definition: `JobState` is checked
+against it by a small validator for the subset it uses, then against the
+cross-field rules, and `docs/state.schema.json` is exported from it. The class
+keeps the pydantic-style methods the rest of the code uses (`model_copy`,
+`model_dump`, `model_validate_json`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from enum import StrEnum
+from typing import Any
+
+from reconciler.errors import StateError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_STATE_BYTES = 64 * 1024
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+HELD = frozenset({Status.CLAIMED, Status.RUNNING})
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+_INT31 = {"type": "integer", "minimum": 0, "maximum": 2**31}
+ARTIFACT_SCHEMA: dict[str, Any] = {
+    "title": "Artifact",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["sha256", "size"],
+    "properties": {
+        "sha256": {"type": "string", "pattern": r"^[0-9a-f]{64}$",
+                   "description": "sha256 of the .tar.zst bundle."},
+        "size": {"type": "integer", "minimum": 0, "maximum": 2**50,
+                 "description": "Bundle size in bytes."},
+    },
+}
+STATE_SCHEMA: dict[str, Any] = {
+    "title": "JobState",
+    "description": "Observed state of one job: state/<aa>/<job_id>.json.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["job_id", "name", "status"],
+    "properties": {
+        "job_id": {"type": "string", "pattern": r"^[0-9a-f]{16}$",
+                   "description": "16 hex chars of sha256 over the identity fields."},
+        "name": {"type": "string", "pattern": NAME_PATTERN,
+                 "description": "Job name when the state was last written."},
+        "status": {"enum": [s.value for s in Status],
+                   "description": "Where the job is in the state machine."},
+        "attempt": {**_INT31, "default": 0,
+                    "description": "Fencing token: +1 at every claim, never decreases."},
+        "holder": {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "null"}],
+                   "default": None,
+                   "description": "Worker holding the claim (claimed/running)."},
+        "lost": {**_INT31, "default": 0,
+                 "description": "Claims lost to sweeps since the last requeue."},
+        "cpu_ok": {"type": "boolean", "default": False,
+                   "description": "prefer_cuda grace is over: CPU workers may claim."},
+        "artifact": {"anyOf": [ARTIFACT_SCHEMA, {"type": "null"}], "default": None,
+                     "description": "The bundle, once completed."},
+        "last_error": {"anyOf": [{"type": "string", "maxLength": 8192}, {"type": "null"}],
+                       "default": None,
+                       "description": "Why it last failed, was swept or released."},
+    },
+}
+
+
+def check(value: Any, schema: dict[str, Any], where: str = "") -> None:
+    """Raise StateError naming the field for the JSON Schema subset used above."""
+    if "anyOf" in schema:
+        errors = []
+        for option in schema["anyOf"]:
+            try:
+                check(value, option, where)
+                return
+            except StateError as exc:
+                errors.append(str(exc))
+        raise StateError(errors[0], field=where)
+    if "enum" in schema and value not in schema["enum"]:
+        raise StateError(f"field {where!r}: {value!r} is not one of {schema['enum']}", field=where)
+    kind = schema.get("type")
+    if kind == "null" and value is not None:
+        raise StateError(f"field {where!r}: expected null", field=where)
+    if kind == "boolean" and not isinstance(value, bool):
+        raise StateError(f"field {where!r}: expected a boolean, got {value!r}", field=where)
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise StateError(f"field {where!r}: expected an integer, got {value!r}", field=where)
+        if not schema.get("minimum", value) <= value <= schema.get("maximum", value):
+            raise StateError(f"field {where!r}: {value} is out of range", field=where)
+    if kind == "string":
+        if not isinstance(value, str):
+            raise StateError(f"field {where!r}: expected a string, got {value!r}", field=where)
+        if len(value) > schema.get("maxLength", len(value)):
+            raise StateError(f"field {where!r}: longer than {schema['maxLength']}", field=where)
+        if "pattern" in schema and not re.match(schema["pattern"], value):
+            raise StateError(f"field {where!r}: {value[:80]!r} does not match "
+                             f"{schema['pattern']}", field=where)
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise StateError(f"field {where or '(file)'!r}: expected an object", field=where)
+        props = schema["properties"]
+        for key in value:
+            if key not in props:
+                raise StateError(f"field {_join(where, key)!r}: unknown field",
+                                 field=_join(where, key))
+        for key in schema.get("required", []):
+            if key not in value:
+                raise StateError(f"field {_join(where, key)!r}: missing",
+                                 field=_join(where, key))
+        for key, item in value.items():
+            check(item, props[key], _join(where, key))
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+@dataclass(frozen=True)
+class Artifact:
+    sha256: str
+    size: int
+
+    def __post_init__(self) -> None:
+        check(asdict(self), ARTIFACT_SCHEMA, "artifact")
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Observed state of one job (`state/<aa>/<job_id>.json`), validated when made."""
+
+    job_id: str
+    name: str
+    status: Status
+    attempt: int = 0
+    holder: str | None = None
+    lost: int = 0
+    cpu_ok: bool = False
+    artifact: Artifact | None = None
+    last_error: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.artifact, dict):
+            object.__setattr__(self, "artifact", Artifact(**self.artifact))
+        if not isinstance(self.status, Status):
+            check(self.status, STATE_SCHEMA["properties"]["status"], "status")
+            object.__setattr__(self, "status", Status(self.status))
+        check(self.model_dump(), STATE_SCHEMA)
+        if (self.status in HELD) != (self.holder is not None):
+            raise StateError(f"holder must be set exactly when status is claimed or running "
+                             f"(status {self.status.value}, holder {self.holder!r})")
+        if (self.status is Status.COMPLETED) != (self.artifact is not None):
+            raise StateError("artifact must be set exactly when status is completed")
+        if self.status in HELD and self.attempt == 0:
+            raise StateError("a held job has attempt >= 1")
+
+    # pydantic-style API, so callers need not care which library backs a model
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> JobState:
+        return replace(self, **(update or {}))
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["status"] = self.status.value if isinstance(self.status, Status) else self.status
+        out["artifact"] = asdict(self.artifact) if isinstance(self.artifact, Artifact) \
+            else self.artifact
+        return out
+
+    @classmethod
+    def model_validate_json(cls, data: bytes | str) -> JobState:
+        try:
+            raw = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise StateError(f"field '(file)': not JSON ({exc})", field="(file)") from None
+        check(raw, STATE_SCHEMA)
+        return cls(**raw)
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, 2-space indent, trailing newline."""
+        return json.dumps(self.model_dump(), sort_keys=True, indent=2) + "\n"
+
+    @property
+    def path(self) -> str:
+        return state_path(self.job_id)
+
+
+def state_path(job_id: str) -> str:
+    return f"state/{job_id[:2]}/{job_id}.json"
+
+
+def parse_state(data: bytes, job_id: str) -> JobState | str:
+    """A state file, or the error naming its path and field."""
+    path = state_path(job_id)
+    if len(data) > MAX_STATE_BYTES:
+        return f"{path}: state file is {len(data)} bytes, over 64 KiB"
+    try:
+        state = JobState.model_validate_json(data)
+    except StateError as exc:
+        return f"{path}: {exc}"
+    if state.job_id != job_id:
+        return f"{path}: job_id {state.job_id} does not match its path"
+    return state
