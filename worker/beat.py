@@ -66,19 +66,19 @@ class Beater(threading.Thread):
         self.clock = clock
         self.last_ok = clock()
         self.seq = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._wake = threading.Event()
         self._outage_since: float | None = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self._wake.set()
 
     def poke(self) -> None:
         self._wake.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.beat_once()
             self._wake.wait(self.interval())
             self._wake.clear()

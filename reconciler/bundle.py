@@ -1,0 +1,90 @@
+"""Bundles: a deterministic tar of a job's outputs, zstd-compressed, hashed while streamed.
+
+Identical outputs give bit-identical bundles (sorted names, mtime 0, uid/gid 0,
+no user names, normalised modes), so the content-addressed store keeps one.
+Memory stays constant whatever the size: files are streamed, never read whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from reconciler.errors import BundleError
+from reconciler.schema import Artifact
+
+CHUNK = 1 << 20
+
+
+class HashingWriter:
+    """A file-like sink that hashes and counts what passes through."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        self.out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def members(src: Path) -> list[tuple[str, Path, os.stat_result]]:
+    """Sorted (arcname, path, lstat) of every entry; anything but regular files
+    and directories is refused, naming the path."""
+    out = []
+    for root, dirs, files in os.walk(src, followlinks=False):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            st = path.lstat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                raise BundleError(f"{path}: only regular files and directories may be bundled",
+                                  path=str(path))
+            out.append((path.relative_to(src).as_posix(), path, st))
+    out.sort(key=lambda m: m[0])
+    return out
+
+
+def _tarinfo(arcname: str, st: os.stat_result) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(arcname)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if stat.S_ISDIR(st.st_mode):
+        info.type, info.mode, info.size = tarfile.DIRTYPE, 0o755, 0
+    else:
+        info.type, info.size = tarfile.REGTYPE, st.st_size
+        info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
+    return info
+
+
+def pack(src: Path, out: BinaryIO, *, level: int = 3, threads: int = -1) -> Artifact:
+    """Write the bundle of `src` to `out`; returns its sha256 and size."""
+    sink = HashingWriter(out)
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=threads, write_checksum=True, write_content_size=False)
+    cctx = zstandard.ZstdCompressor(compression_params=params)
+    with cctx.stream_writer(sink, closefd=False) as zout, \
+            tarfile.open(fileobj=zout, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for arcname, path, st in members(Path(src)):
+            info = _tarinfo(arcname, st)
+            if info.isdir():
+                tar.addfile(info)
+                continue
+            with path.open("rb") as f:
+                if os.fstat(f.fileno()).st_size != st.st_size:
+                    raise BundleError(f"{path}: changed while being bundled", path=str(path))
+                tar.addfile(info, f)
+    return Artifact(sha256=sink.sha.hexdigest(), size=sink.size)
