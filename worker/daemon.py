@@ -382,10 +382,11 @@ class Worker:
 
     def _fenced(self, updates: dict[str, tuple]) -> set[str]:
         """Write `make(state)` for each job still held by us at that attempt (and,
-        if given, in that status); returns the jobs written. Retried through an
-        outage until the renew deadline: after that the reconciler sweeps."""
+        if given, in that status); returns the jobs written. Retried (lost races,
+        outages) for as long as our lease lives: once the heartbeat has been
+        failing past the renew deadline, or the job was revoked, the reconciler
+        owns the job again and the write is dropped."""
         written: set[str] = set()
-        deadline = self.clock() + self._renew_deadline_s()
 
         def build(snap: Snapshot) -> Proposal | None:
             written.clear()
@@ -408,7 +409,10 @@ class Worker:
             outcome = self._write(build, "record")
             if outcome is not None:
                 return written if outcome.commit else set()
-            if self.clock() > deadline or self._signals > 1:
+            lease_lost = self.clock() - self.beater.last_ok > self._renew_deadline_s()
+            with self._lock:
+                revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
+            if lease_lost or revoked or self._signals > 1:
                 return set()
             time.sleep(compute_backoff(tries + 3, rng=self.rng))
             tries += 1

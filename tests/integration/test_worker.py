@@ -97,7 +97,7 @@ def test_operator_cancel_stops_the_running_trainer(tmp_path: Path) -> None:
 
 
 def test_sigterm_releases_the_job_and_another_worker_completes_it(tmp_path: Path) -> None:
-    fleet = fleet_of(tmp_path, [{"name": "slow", "hyper": {"seconds": 60}}])
+    fleet = fleet_of(tmp_path, [{"name": "slow", "hyper": {"seconds": 6}}])
     a = fleet.start_worker("alpha")
     wait_for(lambda: any(s.status is Status.RUNNING for s in fleet.states().values()),
              what="alpha to run the job")
@@ -139,9 +139,9 @@ def test_identical_outputs_give_one_bundle(tmp_path: Path) -> None:
 
 
 def test_explain_says_why_a_cpu_host_may_not_take_cuda_jobs(tmp_path: Path) -> None:
-    fleet = fleet_of(tmp_path, [{"name": "needs-gpu", "require_cuda": True},
-                                {"name": "likes-gpu", "prefer_cuda": True},
-                                {"name": "anywhere"}])
+    fleet = fleet_of(tmp_path, [{"name": "needs-gpu", "require_cuda": True, "seed": 1},
+                                {"name": "likes-gpu", "prefer_cuda": True, "seed": 2},
+                                {"name": "anywhere", "seed": 3}])
     cap = tmp_path / "cap.json"
     cap.write_text(json.dumps(CPU_CAPABILITY))
     proc = subprocess.run(
