@@ -54,6 +54,20 @@ def check_heartbeat(ref: str, old: str, new: str, pusher: str) -> None:
         raise Refusal(f"{ref}: a heartbeat is a parentless commit with the empty tree")
 
 
+def main_moved(old: str) -> bool:
+    """True when main no longer holds `old`. Git moves the ref only if it still
+    holds `old` (a compare-and-swap) and main only moves forward (no deletes, no
+    forced pushes), so it can never hold `old` again: this push loses whatever
+    the hook says, and judging it would only burn the Pi's CPU. A lost race then
+    costs a Python start instead of ~0.2 s of imports and validation, which is
+    what kept 32 racing claimers from collapsing (bench P2)."""
+    if old == ZERO:
+        return False
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", MAIN],
+                          capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout.strip() != old
+
+
 def check_main(old: str, new: str, pusher: str) -> None:
     from pathlib import Path
 
@@ -77,7 +91,8 @@ def judge(lines: list[str], env: dict[str, str]) -> None:
     pusher = pusher_identity(env)
     for old, new, ref in updates:
         if ref == MAIN:
-            check_main(old, new, pusher)
+            if not main_moved(old):  # a lost race fails at the ref update anyway
+                check_main(old, new, pusher)
         elif ref.startswith(HEARTBEATS):
             check_heartbeat(ref, old, new, pusher)
         else:

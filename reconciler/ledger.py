@@ -335,7 +335,7 @@ class Ledger:
             # A lost race means the server was busy with someone else's push: wait
             # in units of what a push costs now, up to a cap that spreads 32
             # racers (a 2 s cap with 0.05 s units collapsed them, bench P2).
-            sleep(compute_backoff(attempt, base=max(0.05, self.push_cost_s),
+            sleep(compute_backoff(attempt, base=min(max(0.05, self.push_cost_s), 0.5),
                                   cap=self.backoff_cap_s, rng=self.rng))
         raise LostRace(f"gave up after {lost} lost races on {self.url}", lost_races=lost)
 
