@@ -42,7 +42,7 @@ def subject_for(changes: list[Change], actor: str) -> str:
         c = changes[0]
         return f"{c.meaning} {c.name} by {actor} (attempt {c.attempt})"
     kinds = sorted({c.meaning for c in changes})
-    return f"{actor}: {', '.join(kinds)} {len(changes)} jobs"
+    return f"{', '.join(kinds)} {len(changes)} jobs by {actor}"
 
 
 def parse(message: str) -> dict[str, list[str]]:

@@ -1,0 +1,281 @@
+"""`reconciler run`: level-triggered passes over the whole ledger tip.
+
+Each pass fetches main and the heartbeat refs, notes what is new on the
+reconciler's own clock, plans (pure, reconciler/plan.py) and writes every
+action as one commit through the compare-and-swap loop, re-planning on the new
+tip after a lost race. Watchdog events on a local ledger's refs and a periodic
+tick only mark the ledger dirty; bursts coalesce into one pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.cli import add_ledger_arg, state_dir_default
+from reconciler.errors import LedgerError, LostRace, ManifestError
+from reconciler.ledger import Ledger, Proposal, Snapshot
+from reconciler.manifest import LoadedManifest, load_manifest
+from reconciler.observe import live_workers, observe
+from reconciler.plan import Action, Observations, orphans, plan
+from reconciler.schema import Heartbeat
+from reconciler.sdnotify import notify
+from reconciler.sshconn import is_ssh
+
+log = logging.getLogger("trainledger.reconciler")
+GC_EVERY_S = 600.0
+
+
+@dataclass
+class Report:
+    """What `reconciler status` shows about the daemon (its heartbeat's report)."""
+
+    last_pass_at: float = 0.0  # wall clock, informational
+    passes: int = 0
+    applied_revision: str | None = None  # the manifest revision acted on
+    attempted_revision: str | None = None  # the tip's manifest revision
+    manifest_error: str | None = None
+    manifest_error_commit: str | None = None
+    last_error: str | None = None
+    actions: int = 0
+    workers: dict[str, float] = field(default_factory=dict)  # name -> s since last beat
+    orphans: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Reconciler:
+    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.obs = Observations(started_at=clock())
+        self.manifest: LoadedManifest | None = None
+        self.manifest_revision: str | None = None
+        self.report = Report()
+        self.seq = 0
+        self._last_gc = clock()
+
+    # ---------------------------------------------------------------- a pass
+
+    def pass_once(self) -> list[Action]:
+        """Fetch, observe, plan and write; returns the actions written."""
+        tip = self.ledger.fetch(heartbeats=True)
+        if tip is None:
+            raise LedgerError(f"{self.ledger.url}: no main branch (run `reconciler init`)")
+        written: list[Action] = []
+
+        def build(snap: Snapshot) -> Proposal | None:
+            written.clear()
+            now = self.clock()
+            loaded = self._manifest_of(snap)
+            observe(self.obs, snap.states, self.ledger.heartbeats(), now)
+            if loaded is None:
+                return None
+            actions = plan(loaded.specs, loaded.fleet, snap.states, self.obs, now)
+            written.extend(actions)
+            if not actions:
+                return None
+            body = "\n".join(f"{a.new.name}: {a.reason}" for a in actions if a.reason)
+            return Proposal.of_states([a.new for a in actions], [a.change for a in actions],
+                                      body=body)
+
+        try:
+            outcome = self.ledger.write(build)
+        except LostRace as exc:
+            self.report.last_error = str(exc)
+            raise
+        for action in written if outcome.commit else []:
+            log.info("event=%s job=%s attempt=%s %s", action.meaning, action.new.name,
+                     action.new.attempt, action.reason)
+        self._update_report(outcome.snapshot, len(written) if outcome.commit else 0)
+        return written if outcome.commit else []
+
+    def _manifest_of(self, snap: Snapshot) -> LoadedManifest | None:
+        """The tip's manifest, or the last valid one: a bad commit never stops the
+        fleet, nor blocks its fix (Flux keeps its last applied revision)."""
+        self.report.attempted_revision = snap.revision
+        if snap.manifest is not None:
+            self.manifest, self.manifest_revision = snap.manifest, snap.revision
+            self.report.manifest_error = self.report.manifest_error_commit = None
+            self.report.applied_revision = snap.revision
+            return snap.manifest
+        self.report.manifest_error = snap.manifest_error
+        self.report.manifest_error_commit = self._last_commit_touching("manifest.toml",
+                                                                       snap.revision)
+        if self.manifest is None:
+            self.manifest, self.manifest_revision = self._last_valid_manifest(snap.revision)
+            self.report.applied_revision = self.manifest_revision
+        return self.manifest
+
+    def _last_commit_touching(self, path: str, rev: str) -> str | None:
+        proc = self.ledger.repo.git("log", "-1", "--format=%H", rev, "--", path, check=False)
+        return proc.stdout.decode().strip() or None
+
+    def _last_valid_manifest(self, rev: str) -> tuple[LoadedManifest | None, str | None]:
+        proc = self.ledger.repo.git("log", "--format=%H", "-n", "50", rev, "--",
+                                    "manifest.toml", check=False)
+        for commit in proc.stdout.decode().split():
+            data = self.ledger.repo.git("show", f"{commit}:manifest.toml", check=False).stdout
+            try:
+                return load_manifest(data), commit
+            except ManifestError:
+                continue
+        return None, None
+
+    def _update_report(self, snap: Snapshot, actions: int) -> None:
+        now = self.clock()
+        fleet = self.manifest.fleet if self.manifest else None
+        stale = fleet.stale_after_s if fleet else 600.0
+        self.report.last_pass_at = time.time()
+        self.report.passes += 1
+        self.report.actions += actions
+        self.report.last_error = None
+        self.report.workers = {w: round(s, 1) for w, s in
+                               live_workers(self.obs, now, stale * 10).items()}
+        specs = self.manifest.specs if self.manifest else {}
+        self.report.orphans = [s.job_id for s in orphans(specs, snap.states)]
+
+    def beat(self) -> None:
+        """The reconciler's own heartbeat ref carries its report."""
+        beat = Heartbeat(worker=self.ledger.identity, seq=self.seq, sent_at=time.time(),
+                         report=self.report.as_dict())
+        self.seq += 1
+        self.ledger.push_heartbeat(beat)
+
+    def housekeeping(self) -> None:
+        """Amended heartbeats and lost races leave loose objects: `git gc --auto`
+        on a local ledger keeps them from piling up on the Pi."""
+        if self.clock() - self._last_gc < GC_EVERY_S or is_ssh(self.ledger.url):
+            return
+        self._last_gc = self.clock()
+        path = self.ledger.url.removeprefix("file://")
+        if Path(path, "HEAD").exists():
+            subprocess.run(["git", "-C", path, "gc", "--auto", "--quiet"], capture_output=True,
+                           timeout=600, check=False)
+        self.ledger.repo.git("gc", "--auto", "--quiet", check=False, timeout=600)
+
+    def tick_s(self) -> float:
+        fleet = self.manifest.fleet if self.manifest else None
+        if fleet is None:
+            return 5.0
+        return max(0.1, min(fleet.heartbeat_s, fleet.stale_after_s / 4,
+                            max(fleet.prefer_cuda_grace_s / 4, 0.1)))
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+class Dirty:
+    """Coalesces triggers: many pushes in a burst give one pass."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def mark(self, *_: object) -> None:
+        self.event.set()
+
+    def wait(self, timeout: float) -> bool:
+        fired = self.event.wait(timeout)
+        self.event.clear()
+        return fired
+
+
+def watch_refs(path: Path, dirty: Dirty):
+    """Watchdog on a local bare ledger's refs/ and packed-refs."""
+    try:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+    except ImportError:  # pragma: no cover - watchdog is a dependency
+        return None
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: Any) -> None:
+            src = str(getattr(event, "src_path", ""))
+            if not src.endswith(".lock"):
+                dirty.mark()
+
+    observer = Observer()
+    observer.schedule(Handler(), str(path / "refs"), recursive=True)
+    observer.schedule(Handler(), str(path), recursive=False)  # packed-refs
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+def run(reconciler: Reconciler, *, once: bool = False, tick_s: float | None = None,
+        stop: threading.Event | None = None, dirty: Dirty | None = None) -> int:
+    stop = stop or threading.Event()
+    dirty = dirty or Dirty()
+    url = reconciler.ledger.url.removeprefix("file://")
+    observer = None if once or is_ssh(url) or not Path(url, "HEAD").exists() \
+        else watch_refs(Path(url), dirty)
+    notify("READY=1")
+    failures = 0
+    try:
+        while not stop.is_set():
+            notify("WATCHDOG=1")
+            try:
+                reconciler.pass_once()
+                failures = 0
+            except LedgerError as exc:
+                failures += 1
+                reconciler.report.last_error = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                log.warning("event=pass-failed error=%s", reconciler.report.last_error)
+                if once:
+                    raise
+            try:
+                reconciler.beat()
+            except LedgerError as exc:
+                log.warning("event=beat-failed error=%s", str(exc).splitlines()[0])
+            if once:
+                break
+            reconciler.housekeeping()
+            wait = tick_s or reconciler.tick_s()
+            dirty.wait(min(wait * (2 ** min(failures, 5)), 60.0))
+            time.sleep(0.05)  # let a burst of ref updates settle into one pass
+    finally:
+        notify("STOPPING=1")
+        if observer is not None:
+            observer.stop()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir or state_dir_default("reconciler"))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(args.ledger, state_dir / "ledger.git", args.identity)
+    stop, dirty = threading.Event(), Dirty()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("event=shutdown signal=%s", signal.Signals(signum).name)
+        stop.set()
+        dirty.mark()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    log.info("event=reconciler-start ledger=%s state_dir=%s pid=%s", args.ledger, state_dir,
+             os.getpid())
+    try:
+        return run(Reconciler(ledger), once=args.once, tick_s=args.tick_s, stop=stop,
+                   dirty=dirty)
+    finally:
+        ledger.close()
+
+
+def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
+    add_ledger_arg(parser)
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--state-dir", type=Path, help="the reconciler's cache dir")
+    parser.add_argument("--tick-s", type=float, help="seconds between timed passes")
+    parser.add_argument("--identity", default="reconciler", help="the reconciler's identity")
+    parser.set_defaults(func=cmd_run)

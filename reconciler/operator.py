@@ -1,0 +1,88 @@
+"""`reconciler cancel JOB` and `reconciler requeue JOB`: operator commits.
+
+The same change made with a plain `git commit` of the state file is accepted
+identically; these commands only save the typing and add the trailers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+
+from reconciler import trailers
+from reconciler.cli import add_ledger_arg
+from reconciler.errors import LedgerError
+from reconciler.fetch import resolve_job
+from reconciler.ledger import Ledger, Proposal, Snapshot
+from reconciler.state import TERMINAL, JobState, Status
+from reconciler.status import cache_for
+
+
+def operator_identity(explicit: str | None = None) -> str:
+    """--as, else $TRAINLEDGER_IDENTITY, else `git config trainledger.identity`,
+    else "operator" (the hook decides whether that identity may do it)."""
+    if explicit:
+        return explicit
+    if os.environ.get("TRAINLEDGER_IDENTITY"):
+        return os.environ["TRAINLEDGER_IDENTITY"]
+    proc = subprocess.run(["git", "config", "--get", "trainledger.identity"],
+                          capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "operator"
+
+
+def cancelled(state: JobState) -> JobState:
+    if state.status in TERMINAL:
+        raise LedgerError(f"job {state.name} ({state.job_id}) is already {state.status.value}")
+    return state.model_copy(update={"status": Status.CANCELLED, "holder": None,
+                                    "last_error": "cancelled by the operator"})
+
+
+def requeued(state: JobState) -> JobState:
+    if state.status not in TERMINAL:
+        raise LedgerError(f"job {state.name} ({state.job_id}) is {state.status.value}: only "
+                          "failed, cancelled or completed jobs are requeued")
+    return state.model_copy(update={"status": Status.PENDING, "holder": None, "lost": 0,
+                                    "artifact": None, "last_error": None})
+
+
+def operate(url: str, job: str, change, meaning: str, identity: str) -> JobState:
+    ledger = Ledger(url, cache_for(url, f"operator-{identity}"), identity)
+    result: list[JobState] = []
+
+    def build(snap: Snapshot) -> Proposal:
+        names = {i: s.name for i, s in (snap.manifest.specs.items() if snap.manifest else [])}
+        old = resolve_job(snap.states, names, job)
+        if meaning == "requeue" and snap.manifest and old.job_id in snap.manifest.specs \
+                and snap.manifest.specs[old.job_id].cancel:
+            raise LedgerError(f"job {old.name} has cancel = true in the manifest; remove it "
+                              "there first, or the reconciler cancels it again")
+        new = change(old)
+        result[:] = [new]
+        return Proposal.of_states([new], [trailers.Change(
+            old.job_id, old.name, old.attempt, f"{old.status.value}->{new.status.value}",
+            meaning)])
+
+    try:
+        ledger.write(build)
+    finally:
+        ledger.close()
+    return result[0]
+
+
+def cmd_operate(args: argparse.Namespace) -> int:
+    change = cancelled if args.command == "cancel" else requeued
+    new = operate(args.ledger, args.job, change, args.command, operator_identity(args.as_))
+    held = " (its worker stops it on its next heartbeat)" if args.command == "cancel" else ""
+    print(f"{args.command}: {new.name} ({new.job_id}) is now {new.status.value}{held}")
+    return 0
+
+
+def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job id, unique id prefix, or name")
+    add_ledger_arg(parser)
+    parser.add_argument("--as", dest="as_", metavar="NAME", help="operator identity")
+    parser.set_defaults(func=cmd_operate)
+
+
+
