@@ -15,7 +15,8 @@ from reconciler.status import cache_for
 
 
 def history(ledger: Ledger, path: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-    """Commits on main (touching `path`), newest first, one row per job change."""
+    """Commits on main (touching `path`), newest first, one row per job change
+    (only that job's rows when `path` is a state file)."""
     args = ["log", f"-n{limit}", "--format=%H%x00%an%x00%at%x00%s%x00%B%x01", CACHED_MAIN]
     raw = ledger.repo.git(*args, *(["--", path] if path else [])).stdout.decode("utf-8",
                                                                               "replace")
@@ -27,6 +28,9 @@ def history(ledger: Ledger, path: str | None = None, limit: int = 200) -> list[d
         stamp = datetime.fromtimestamp(int(when), UTC).strftime("%Y-%m-%d %H:%M:%S")
         changes = trailers.changes_of(body)
         actor = trailers.parse(body).get(trailers.ACTOR, [author])[-1]
+        if path and path.startswith("state/"):
+            job_id = path.rsplit("/", 1)[-1].removesuffix(".json")
+            changes = [c for c in changes if c[0] == job_id] or [(job_id, None, None)]
         for job, attempt, transition in changes or [(None, None, None)]:
             rows.append({"commit": sha, "when": stamp, "actor": actor, "author": author,
                          "job_id": job, "attempt": attempt, "transition": transition,

@@ -34,7 +34,7 @@ from reconciler.errors import (
 from reconciler.gitrepo import EMPTY_TREE, GitRepo, Signature
 from reconciler.manifest import LoadedManifest, load_manifest
 from reconciler.schema import Heartbeat, JobState, parse_state
-from reconciler.sshconn import ssh_env
+from reconciler.sshconn import is_ssh, ssh_env
 
 log = logging.getLogger("trainledger.ledger")
 
@@ -136,6 +136,8 @@ class Ledger:
         clock: Callable[[], float] = time.time,
         backoff_cap_s: float = 10.0,
     ) -> None:
+        if "://" not in url and not is_ssh(url):
+            url = str(Path(url).absolute())  # git runs in the cache dir: relative paths break
         self.url = url
         self.identity = identity
         self.email = f"{identity}@{email_domain}"
