@@ -20,6 +20,7 @@ from reconciler.errors import BundleError
 from reconciler.schema import Artifact
 
 CHUNK = 1 << 20
+JOB_SIZE = 4 << 20
 
 
 class HashingWriter:
@@ -73,11 +74,16 @@ def _tarinfo(arcname: str, st: os.stat_result) -> tarfile.TarInfo:
 def pack(src: Path, out: BinaryIO, *, level: int = 3, threads: int = -1) -> Artifact:
     """Write the bundle of `src` to `out`; returns its sha256 and size."""
     sink = HashingWriter(out)
+    # 4 MiB zstd jobs keep the multi-threaded compressor's buffers near 32 MiB
+    # (level 3's default 8 MiB jobs peaked at ~70 MiB, bench P6); 1 MiB tar copies
+    # instead of tarfile's 16 KiB cut the Python calls per GiB 64-fold.
     params = zstandard.ZstdCompressionParameters.from_level(
-        level, threads=threads, write_checksum=True, write_content_size=False)
+        level, threads=threads, write_checksum=True, write_content_size=False,
+        job_size=JOB_SIZE)
     cctx = zstandard.ZstdCompressor(compression_params=params)
     with cctx.stream_writer(sink, closefd=False) as zout, \
-            tarfile.open(fileobj=zout, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            tarfile.open(fileobj=zout, mode="w|", format=tarfile.PAX_FORMAT,
+                         copybufsize=CHUNK) as tar:
         for arcname, path, st in members(Path(src)):
             info = _tarinfo(arcname, st)
             if info.isdir():
