@@ -3,7 +3,8 @@ trainer, or the SQLite reference, claiming until nothing is left.
 
 `python -m bench.claimer git|sqlite ...` waits for a go-file so that all K
 processes start racing at once (their import time is not measured), then
-claims in a closed loop and writes one JSON record per claim. The SQLite side
+claims in a closed loop, journalling each attempt's start and each claim,
+until nothing is left or the bench ends its window. The SQLite side
 imports nothing but the standard library, so it starts as fast as it can.
 """
 
@@ -63,25 +64,36 @@ def make_claim_worker(url: str, name: str, state_dir: Path, seed: int | None = N
     return ClaimOnlyWorker(config, ledger, beat, lambda _m: None, cap, rng=rng)
 
 
-def run_git(args: argparse.Namespace) -> list[dict[str, Any]]:
+class Journal:
+    """One JSON line per event, flushed at once: the bench may kill a claimer at
+    the end of its window, and an unfinished claim still has a start."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = path.open("a")
+
+    def write(self, **record: Any) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+
+def run_git(args: argparse.Namespace) -> None:
     worker = make_claim_worker(args.ledger, args.name, Path(args.dir))
     worker.ledger.fetch()  # the clone: a worker's cache exists long before a race
+    journal = Journal(Path(args.out))
     wait_for_go(Path(args.ready), Path(args.go))
-    records = []
-    deadline = time.monotonic() + args.deadline_s
-    while time.monotonic() < deadline:
+    while True:
         before = len(worker.claims)
         t0 = time.time()
+        journal.write(event="begin", start=t0)
         idle = worker._maybe_claim()
         t1 = time.time()
-        if len(worker.claims) > before:
-            for job_id, attempt in worker.claims[before:]:
-                records.append({"job": job_id, "attempt": attempt, "start": t0, "end": t1,
-                                "lost": worker.last_lost})
-        elif idle:
-            break
-    worker.ledger.close()
-    return records
+        for job_id, attempt in worker.claims[before:]:
+            journal.write(event="claim", job=job_id, attempt=attempt, start=t0, end=t1,
+                          lost=worker.last_lost)
+        if len(worker.claims) == before:
+            journal.write(event="none", start=t0, end=t1, idle=idle)
+            if idle:
+                break
 
 
 def create_sqlite_queue(path: Path, job_ids: list[str]) -> None:
@@ -115,20 +127,19 @@ def sqlite_claim(db: sqlite3.Connection, name: str) -> tuple[str, int] | None:
     return (row[0], row[1]) if row else None
 
 
-def run_sqlite(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_sqlite(args: argparse.Namespace) -> None:
     db = sqlite3.connect(args.ledger, timeout=60, isolation_level=None)
     db.execute("PRAGMA busy_timeout=60000")
+    journal = Journal(Path(args.out))
     wait_for_go(Path(args.ready), Path(args.go))
-    records = []
     while True:
         t0 = time.time()
         row = sqlite_claim(db, args.name)
         t1 = time.time()
         if row is None:
             break
-        records.append({"job": row[0], "attempt": row[1], "start": t0, "end": t1, "lost": 0})
+        journal.write(event="claim", job=row[0], attempt=row[1], start=t0, end=t1, lost=0)
     db.close()
-    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, help="state dir of this claimer")
     parser.add_argument("--ready", required=True)
     parser.add_argument("--go", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--deadline-s", type=float, default=300.0)
+    parser.add_argument("--out", required=True, help="JSON lines, one per event")
     args = parser.parse_args(argv)
-    records = run_git(args) if args.kind == "git" else run_sqlite(args)
-    Path(args.out).write_text(json.dumps(records))
+    if args.kind == "git":
+        run_git(args)
+    else:
+        run_sqlite(args)
     return 0
 
 

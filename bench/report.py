@@ -89,10 +89,10 @@ def highlights(row: dict[str, Any]) -> list[str]:
 
 
 def _p1(m: dict, r: dict) -> list[str]:
-    p, rp = m["path"], r["path"]
-    return [f"claim {fmt_spread(p['claim_s'])} vs bare fetch+push "
-            f"{fmt_spread(rp['fetch_push_s'])}; ratio of medians "
-            f"{fmt(p['ratio_of_medians'])}, paired ratios {fmt_spread(p['paired_ratio'], False)}"]
+    return [f"{name}: claim {fmt_spread(p['claim_s'])} vs bare fetch+push "
+            f"{fmt_spread(r[name]['fetch_push_s'])}; ratio of medians "
+            f"{fmt(p['ratio_of_medians'])}, paired ratios {fmt_spread(p['paired_ratio'], False)}"
+            for name, p in m.items()]
 
 
 def _p2(m: dict, r: dict) -> list[str]:

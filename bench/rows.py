@@ -18,6 +18,7 @@ class Config:
     p1_reps: int = 15
     p2_jobs: int = 500
     p2_ks: tuple[int, ...] = (1, 4, 16, 32)
+    p2_window_s: float = 45.0
     p3_trials: int = 7
     p4_sizes: tuple[int, ...] = (10_000, 100_000)
     p4_reps: int = 3
@@ -33,7 +34,7 @@ class Config:
     def for_mode(cls, quick: bool, scratch: Scratch) -> Config:
         if not quick:
             return cls(quick, scratch)
-        return cls(quick, scratch, p1_reps=7, p2_jobs=100, p3_trials=3,
+        return cls(quick, scratch, p1_reps=7, p2_jobs=100, p2_window_s=10.0, p3_trials=3,
                    p4_sizes=(2_000, 20_000), p4_reps=2, p4_history_cap=1_000, p5_jobs=60,
                    p5_hours=2.0, p6_bytes=128 << 20, p6_reps=2, p7_seconds=15.0,
                    p7_jobs=2_000)
