@@ -94,3 +94,85 @@ def pack(src: Path, out: BinaryIO, *, level: int = 3, threads: int = -1) -> Arti
                     raise BundleError(f"{path}: changed while being bundled", path=str(path))
                 tar.addfile(info, f)
     return Artifact(sha256=sink.sha.hexdigest(), size=sink.size)
+
+
+# ------------------------------------------------------------------ unpacking
+
+MAX_WINDOW = 1 << 27  # zstd window cap: a bigger window is refused, not allocated
+DEFAULT_MAX_MEMBERS = 100_000
+DEFAULT_MAX_BYTES = 64 << 30
+
+
+class _Capped:
+    """A reader that refuses to produce more than `limit` bytes (zstd bombs)."""
+
+    def __init__(self, raw: BinaryIO, limit: int) -> None:
+        self.raw, self.limit, self.total = raw, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size if size and size > 0 else CHUNK)
+        self.total += len(data)
+        if self.total > self.limit:
+            raise BundleError(f"bundle decompresses to more than {self.limit} bytes: refused")
+        return data
+
+
+def _stream(path: Path, limit: int) -> tuple[BinaryIO, _Capped]:
+    raw = path.open("rb")
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    return raw, _Capped(dctx.stream_reader(raw, read_across_frames=False), limit)
+
+
+def check_member(info: tarfile.TarInfo) -> str | None:
+    """Why a member may not be extracted, or None. Checked before anything is
+    written, because tarfile's `data` filter alone has been bypassed."""
+    name = info.name
+    if not (info.isreg() or info.isdir()):
+        return "only regular files and directories are allowed"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if any(part == ".." for part in name.replace("\\", "/").split("/")):
+        return "path with '..'"
+    if info.mode & 0o7000:
+        return "setuid, setgid or sticky bit"
+    return None
+
+
+def unpack(src: Path, dest: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
+           max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """Extract a bundle file into `dest` (absent or empty); returns the member count.
+
+    Two passes over the stream: the first checks every member and the totals
+    without writing anything; the second extracts with `filter="data"` too."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise BundleError(f"{dest}: must not exist or be empty")
+    limit = max_bytes + 1024 * (max_members + 16)  # member bytes plus tar headers
+    count, total = 0, 0
+    raw, reader = _stream(Path(src), limit)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for info in tar:
+                count += 1
+                total += max(info.size, 0)
+                why = check_member(info)
+                if why:
+                    raise BundleError(f"member {info.name!r}: {why}: refused", member=info.name)
+                if count > max_members:
+                    raise BundleError(f"more than {max_members} members: refused")
+                if total > max_bytes:
+                    raise BundleError(f"members total more than {max_bytes} bytes: refused")
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+        raise BundleError(f"{src}: not a readable bundle ({exc})") from None
+    finally:
+        raw.close()
+    dest.mkdir(parents=True, exist_ok=True)
+    raw, reader = _stream(Path(src), limit)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+        raise BundleError(f"{src}: extraction failed ({exc})") from None
+    finally:
+        raw.close()
+    return count
