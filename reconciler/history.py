@@ -9,7 +9,7 @@ from typing import Any
 
 from reconciler import trailers
 from reconciler.cli import add_ledger_arg
-from reconciler.fetch import resolve_job
+from reconciler.jobref import resolve_job
 from reconciler.ledger import CACHED_MAIN, Ledger
 from reconciler.status import cache_for
 

@@ -13,7 +13,7 @@ import subprocess
 from reconciler import trailers
 from reconciler.cli import add_ledger_arg
 from reconciler.errors import LedgerError
-from reconciler.fetch import resolve_job
+from reconciler.jobref import resolve_job
 from reconciler.ledger import Ledger, Proposal, Snapshot
 from reconciler.state import TERMINAL, JobState, Status
 from reconciler.status import cache_for
