@@ -9,22 +9,27 @@ the pusher's identity coming from `authorized_keys` and nowhere else.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shlex
 import subprocess
+import tarfile
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
 import pytest
+import zstandard
 from conftest import SshClient, SshServer
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler import trailers
+from reconciler import cli, trailers
+from reconciler.bundle import pack
 from reconciler.ledger import Ledger, Proposal, PushStatus
 from reconciler.schema import Artifact, JobState, Status
+from reconciler.store import open_store
 from workerkit import Fleet as WorkerFleet
 
 pytestmark = pytest.mark.ssh
@@ -362,3 +367,144 @@ def test_store_put_of_mismatched_bytes_never_appears(fleet: Fleet) -> None:
     assert fleet.beta.run(f"store-has {sha}").returncode == 0
     assert fleet.beta.run(f"store-get {sha}").stdout == good
     assert [p.name for p in store.rglob("*") if p.is_file()] == [f"{sha}.tar.zst"]
+
+
+# ------------------------------------------------------------ fetch-artifact
+
+
+def tar_zst(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    """A bundle crafted by hand, as an attacker with a worker key could."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return zstandard.ZstdCompressor().compress(raw.getvalue())
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info
+
+
+def zstd_bomb(size: int) -> bytes:
+    """A few KiB that inflate to `size` bytes inside a pax extended header, which
+    no member's size accounts for: only a running output cap stops it."""
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as z:
+        z.write(member("././@PaxHeader", tarfile.XHDTYPE, size=size).tobuf(tarfile.USTAR_FORMAT))
+        zeros = bytes(1 << 20)
+        for _ in range(size >> 20):
+            z.write(zeros)
+        z.write(member("weights.bin", size=0).tobuf(tarfile.USTAR_FORMAT) + bytes(1024))
+    return out.getvalue()
+
+
+def complete_with(alpha: Ledger, artifacts: dict[str, tuple[str, int]]) -> None:
+    """alpha claims, starts and completes each job with the given bundle: legal
+    worker transitions, so the ledger names exactly the bundles crafted here."""
+    snap = alpha.snapshot(alpha.fetch())
+    held = {}
+    for label, meaning, update in [
+        ("pending->claimed", "claim", lambda s: {"status": Status.CLAIMED, "attempt": 1,
+                                                 "holder": "alpha"}),
+        ("claimed->running", "start", lambda s: {"status": Status.RUNNING}),
+        ("running->completed", "complete", lambda s: {
+            "status": Status.COMPLETED, "holder": None,
+            "artifact": Artifact(sha256=artifacts[s.name][0], size=artifacts[s.name][1])}),
+    ]:
+        for state in snap.states.values():
+            if state.name in artifacts:
+                base = held.get(state.job_id, state)
+                held[state.job_id] = base.model_copy(update=update(base))
+        proposal = propose(*[(s, label, meaning) for s in held.values()])
+        sha = alpha.commit(alpha.tip(), proposal)
+        assert alpha.push(sha).status is PushStatus.WON
+        alpha.repo.update_ref("refs/remotes/ledger/main", sha)
+
+
+def test_fetch_artifact_over_ssh_unpacks_good_bundles_and_refuses_evil_ones(
+        sshd: SshServer, tmp_path: Path) -> None:
+    # Given: a good bundle and five evil ones, put in the store under their real sha
+    pi = tmp_path / "pi"
+    names = ["good", "dotdot", "absolute", "symlink", "device", "bomb"]
+    ledger = make_ledger(pi, jobs=[{"name": n, "seed": i} for i, n in enumerate(names)])
+    alpha = sshd.enroll("alpha", ledger.path, ledger.store)
+    operator = sshd.enroll("operator", ledger.path, ledger.store, "operator")
+    outputs = tmp_path / "outputs"
+    (outputs / "sub").mkdir(parents=True)
+    (outputs / "metrics.json").write_text('{"loss": 0.1}\n')
+    (outputs / "sub" / "weights.bin").write_bytes(os.urandom(4096))
+    good = io.BytesIO()
+    pack(outputs, good)
+    victim = tmp_path / "victim"
+    bundles = {
+        "good": good.getvalue(),
+        "dotdot": tar_zst([(member("ok.txt"), b"ok"), (member("../escape.txt"), b"x")]),
+        "absolute": tar_zst([(member(str(victim / "abs.txt")), b"x")]),
+        "symlink": tar_zst([(member("link", tarfile.SYMTYPE, linkname=str(tmp_path)), None),
+                            (member("link/through.txt"), b"x")]),
+        "device": tar_zst([(member("null", tarfile.CHRTYPE, devmajor=1, devminor=3), None)]),
+        "bomb": zstd_bomb(64 << 20),
+    }
+    artifacts = {}
+    with ssh_env(alpha):  # through SshStore, one reused connection, as a worker puts
+        store = open_store(sshd.url(ledger.store), tmp_path / "alpha-state")
+        for name, data in bundles.items():
+            sha = hashlib.sha256(data).hexdigest()
+            (tmp_path / f"{name}.tar.zst").write_bytes(data)
+            stored = store.put_file(tmp_path / f"{name}.tar.zst")
+            assert stored == Artifact(sha256=sha, size=len(data))
+            artifacts[name] = (sha, len(data))
+    with closing(open_ledger(alpha, ledger, tmp_path)) as writer:
+        complete_with(writer, artifacts)
+
+    def fetch(job: str, dest: Path) -> subprocess.CompletedProcess[str]:
+        """`reconciler fetch-artifact` in-process (a subprocess per bundle costs ~2 s
+        of imports on a loaded 2-core machine), with the operator's key."""
+        argv = ["fetch-artifact", job, str(dest), "--ledger", sshd.url(ledger.path),
+                "--store", sshd.url(ledger.store), "--state-dir", str(tmp_path / "op-state"),
+                "--max-bytes", str(16 << 20), "--max-members", "1000"]
+        out, err = io.StringIO(), io.StringIO()
+        with ssh_env(operator), redirect_stdout(out), redirect_stderr(err):
+            code = cli.main(argv)
+        return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+    # When / Then: the good bundle unpacks, byte for byte
+    (tmp_path / "fetched").mkdir()
+    dest = tmp_path / "fetched" / "good"
+    proc = fetch("good", dest)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == \
+        ["metrics.json", "sub", "sub/weights.bin"]
+    assert (dest / "sub" / "weights.bin").read_bytes() == \
+        (outputs / "sub" / "weights.bin").read_bytes()
+    # a DEST that is not empty is refused
+    proc = fetch("good", dest)
+    assert proc.returncode == 1 and "not an empty directory" in proc.stderr
+
+    # every evil bundle is refused, DEST stays empty and nothing appears outside it
+    victim.mkdir()
+    before = sorted(str(p) for p in tmp_path.rglob("*") if "op-state" not in str(p))
+    reasons = {"dotdot": "'../escape.txt': path with '..'",
+               "absolute": "abs.txt': absolute path",
+               "symlink": "'link': only regular files and directories",
+               "device": "'null': only regular files and directories",
+               "bomb": "decompresses to more than"}
+    for name, reason in reasons.items():
+        dest = tmp_path / "fetched" / name
+        dest.mkdir()
+        proc = fetch(name, dest)
+        assert proc.returncode == 1, (name, proc.stdout, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "refused the bundle" in proc.stderr and reason in proc.stderr, proc.stderr
+        assert list(dest.iterdir()) == [], name
+        before.append(str(dest))
+    after = sorted(str(p) for p in tmp_path.rglob("*") if "op-state" not in str(p))
+    assert after == sorted(before)
+    assert not (tmp_path / "fetched" / "escape.txt").exists()
+    assert list(victim.iterdir()) == []

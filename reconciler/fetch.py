@@ -1,0 +1,152 @@
+"""`reconciler fetch-artifact JOB DEST`: a completed job's outputs, safely.
+
+The bundle named by the ledger is read from the store (a path or ssh://), its
+sha256 is checked while it is read, and only then is it unpacked, by
+`bundle.unpack`, into DEST, which must not exist or be empty. Bundles are
+attacker data as far as this command knows (RELIABILITY.md rules 9-10), so a
+refused bundle leaves DEST as it was and nothing outside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from reconciler.cli import add_ledger_arg, state_dir_default
+from reconciler.errors import BundleError, JobNotFound, LedgerError, StoreError
+from reconciler.schema import JobState, Status
+
+CHUNK = 1 << 20
+
+
+def resolve_job(states: dict[str, JobState], names: dict[str, str], text: str) -> JobState:
+    """A job by id, unique id prefix, or name (`names`: job id -> manifest name)."""
+    if text in states:
+        return states[text]
+    by_name = {s.job_id for s in states.values() if s.name == text}
+    by_name |= {job_id for job_id, name in names.items() if name == text and job_id in states}
+    if len(by_name) == 1:
+        return states[by_name.pop()]
+    if len(by_name) > 1:
+        raise JobNotFound(f"{text!r} names {len(by_name)} jobs: use the job id")
+    if len(text) >= 4 and all(c in "0123456789abcdef" for c in text):
+        matches = [job_id for job_id in states if job_id.startswith(text)]
+        if len(matches) == 1:
+            return states[matches[0]]
+        if len(matches) > 1:
+            raise JobNotFound(f"id prefix {text!r} is ambiguous ({len(matches)} jobs)")
+    raise JobNotFound(f"no job matches {text!r} (an id, a unique id prefix of 4+ chars, or a "
+                      "name)", job=text)
+
+
+def check_dest(dest: Path) -> bool:
+    """DEST must not exist or be an empty directory; returns whether it existed."""
+    if dest.is_symlink():
+        raise LedgerError(f"{dest}: is a symlink; give a new directory")
+    if not dest.exists():
+        if not dest.parent.is_dir():
+            raise LedgerError(f"{dest.parent}: no such directory")
+        return False
+    if not dest.is_dir() or any(dest.iterdir()):
+        raise LedgerError(f"{dest}: exists and is not an empty directory")
+    return True
+
+
+def download(store, sha256: str, size: int, into: Path) -> Path:
+    """Copy the bundle into `into`, hashing as it streams; refuse a mismatch."""
+    path = into / f"{sha256}.tar.zst"
+    digest = hashlib.sha256()
+    total = 0
+    with store.open(sha256) as src, open(path, "wb") as out:
+        while chunk := src.read(CHUNK):
+            total += len(chunk)
+            if total > size:
+                raise StoreError(f"bundle {sha256[:12]}: more than the {size} bytes the "
+                                 "ledger records")
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != sha256 or total != size:
+        raise StoreError(f"bundle {sha256[:12]}: the store's bytes do not match the ledger "
+                         f"(sha256 {digest.hexdigest()[:12]}, {total} of {size} bytes)")
+    return path
+
+
+def _clear(dest: Path, existed: bool) -> None:
+    """Undo a partial unpack: DEST goes back to what it was (absent or empty)."""
+    if not dest.exists() or dest.is_symlink():
+        return
+    if existed:
+        for child in dest.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        shutil.rmtree(dest)
+
+
+def fetch_artifact(ledger_url: str, job: str, dest: Path, store_url: str | None,
+                   state_dir: Path, caps: dict[str, int] | None = None) -> tuple[JobState, int]:
+    """Unpack JOB's bundle into DEST; returns the job and the number of members."""
+    from reconciler.bundle import unpack
+    from reconciler.ledger import Ledger
+    from reconciler.store import open_store
+
+    existed = check_dest(dest)
+    identity = os.environ.get("TRAINLEDGER_IDENTITY") or "operator"
+    ledger = Ledger(ledger_url, state_dir / "ledger.git", identity)
+    try:
+        snap = ledger.snapshot(ledger.fetch())
+    finally:
+        ledger.close()
+    names = {s.job_id: s.name for s in snap.manifest.specs.values()} if snap.manifest else {}
+    state = resolve_job(snap.states, names, job)
+    if state.status is not Status.COMPLETED or state.artifact is None:
+        raise LedgerError(f"job {state.name} ({state.job_id}) is {state.status.value}: "
+                          "only a completed job has an artifact")
+    url = store_url or (snap.manifest.fleet.store if snap.manifest else None)
+    if not url:
+        raise LedgerError("no store: pass --store or set [fleet] store in the manifest")
+    store = open_store(url, state_dir)
+    art = state.artifact
+    with tempfile.TemporaryDirectory(prefix="fetch-", dir=state_dir) as tmp:
+        bundle = download(store, art.sha256, art.size, Path(tmp))
+        try:
+            members = unpack(bundle, dest, **(caps or {}))
+        except BaseException:
+            _clear(dest, existed)
+            raise
+    return state, members
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir or state_dir_default("fetch"))
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        caps = {k: v for k, v in (("max_members", args.max_members),
+                                  ("max_bytes", args.max_bytes)) if v is not None}
+        state, members = fetch_artifact(args.ledger, args.job, Path(args.dest).absolute(),
+                                        args.store, state_dir, caps)
+    except BundleError as exc:
+        raise LedgerError(f"refused the bundle, nothing written: {exc}") from None
+    art = state.artifact
+    assert art is not None
+    print(f"{state.name} ({state.job_id}): unpacked bundle {art.sha256[:12]} "
+          f"({art.size} bytes, {members} members) into {args.dest}")
+    return 0
+
+
+def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job id, unique id prefix, or name")
+    parser.add_argument("dest", help="directory to unpack into: must not exist or be empty")
+    add_ledger_arg(parser)
+    parser.add_argument("--store", help="store path or ssh:// URL (default: the manifest's)")
+    parser.add_argument("--state-dir", help="where the ledger cache and ssh socket live")
+    parser.add_argument("--max-members", type=int, help="refuse a bundle with more members")
+    parser.add_argument("--max-bytes", type=int,
+                        help="refuse a bundle that unpacks to more bytes")
+    parser.set_defaults(func=cmd_fetch)
