@@ -190,8 +190,18 @@ class Dirty:
         return fired
 
 
+HEARTBEAT_DIR = f"{os.sep}refs{os.sep}heartbeats"
+# watchdog >= 5 also reports opens and closes-without-write (inotify): every git
+# process reading the ledger, the reconciler's own fetch included, woke another
+# pass, so an idle reconciler never idled (bench P7).
+READ_EVENTS = frozenset({"opened", "closed_no_write"})
+
+
 def watch_refs(path: Path, dirty: Dirty):
-    """Watchdog on a local bare ledger's refs/ and packed-refs."""
+    """Watchdog on a local bare ledger's refs/ and packed-refs, for writes only.
+    Heartbeat refs do not wake it either: a pass per beat (its own beat, pushed
+    after each pass, too) is wasted work; liveness is judged on the tick, which
+    is at most heartbeat_s."""
     try:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
@@ -200,7 +210,12 @@ def watch_refs(path: Path, dirty: Dirty):
 
     class Handler(FileSystemEventHandler):
         def on_any_event(self, event: Any) -> None:
+            if event.event_type in READ_EVENTS:
+                return  # a read is no change: our own fetch opens HEAD, config, refs
             src = str(getattr(event, "src_path", ""))
+            dest = str(getattr(event, "dest_path", "") or "")
+            if HEARTBEAT_DIR in src or HEARTBEAT_DIR in dest:
+                return  # beats are read on the tick (bench P7: a pass per beat, its own too)
             if not src.endswith(".lock"):
                 dirty.mark()
 
