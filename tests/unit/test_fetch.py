@@ -1,4 +1,5 @@
-"""fetch-artifact's pure parts: which job a JOB argument names, and which DEST is fit."""
+"""fetch-artifact's pure parts: which job a JOB argument names (reconciler/jobref.py,
+shared with show, cancel and requeue), and which DEST is fit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import JobNotFound, LedgerError
-from reconciler.fetch import check_dest, resolve_job
+from reconciler.fetch import check_dest
+from reconciler.jobref import resolve_job
 from reconciler.schema import JobState, Status
 
 
