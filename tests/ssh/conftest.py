@@ -110,6 +110,11 @@ class SshServer:
                 # sshconn asks for, so no master outlives the tests by more than 3 s
                 "-o", "ControlPersist=3"]
 
+    def unenrolled(self, name: str) -> SshClient:
+        """A client whose key is in no authorized_keys line."""
+        return SshClient(name, _keygen(self.root / "keys" / f"{name}-{next(self._counter)}",
+                                       name), self)
+
     def enroll(self, name: str, ledger: Path | None, store: Path | None,
                role: str = "worker") -> SshClient:
         """A fresh key for `name`, enrolled with `reconciler enroll --authorized-keys`."""
@@ -164,7 +169,9 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         "PubkeyAuthentication yes",
         "PermitRootLogin prohibit-password",
         "UsePAM no",
-        "AcceptEnv GIT_PROTOCOL",
+        # Deliberately lax: a client may send these, so the tests show that the
+        # forced command, not sshd, keeps a key from choosing its identity.
+        "AcceptEnv GIT_* TRAINLEDGER_*",
         "MaxStartups 100:30:200",
         "MaxSessions 100",
         "LogLevel VERBOSE",

@@ -18,19 +18,23 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import pytest
 import zstandard
-from conftest import SshClient, SshServer
 
 from ledgerkit import LedgerDir, make_ledger
 from reconciler import cli, trailers
 from reconciler.bundle import pack
+from reconciler.errors import PushRejected
 from reconciler.ledger import Ledger, Proposal, PushStatus
 from reconciler.schema import Artifact, JobState, Status
 from reconciler.store import open_store
 from workerkit import Fleet as WorkerFleet
+
+if TYPE_CHECKING:  # the fixtures' types; tests/conftest.py is also a `conftest`
+    from conftest import SshClient, SshServer
 
 pytestmark = pytest.mark.ssh
 
@@ -165,10 +169,7 @@ def test_another_repository_is_refused(fleet: Fleet, sshd: SshServer, tmp_path: 
 
 
 def test_an_unenrolled_key_gets_nothing(fleet: Fleet, sshd: SshServer, tmp_path: Path) -> None:
-    stranger = SshClient("stranger", tmp_path / "stranger", sshd)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger.key)],
-                   check=True)
-    proc = stranger.run(f"git-upload-pack '{fleet.ledger.path}'")
+    proc = sshd.unenrolled("stranger").run(f"git-upload-pack '{fleet.ledger.path}'")
     assert proc.returncode == 255 and b"Permission denied" in proc.stderr
 
 
@@ -292,24 +293,34 @@ def test_identity_comes_from_the_key_not_the_environment(fleet: Fleet) -> None:
     assert main_of(fleet.ledger) == tip
 
 
+def run_cli(client: SshClient, *argv: str) -> tuple[int, str]:
+    """`reconciler ...` in-process with `client`'s key; (exit code, stderr)."""
+    err = io.StringIO()
+    with ssh_env(client), redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = cli.main(list(argv))
+    return code, err.getvalue()
+
+
 def test_operator_cancels_and_requeues_and_a_worker_cannot(fleet: Fleet) -> None:
-    jobs = fleet.jobs()
-    job = jobs[2]
+    job = fleet.jobs()[2]
+    url = fleet.operator.server.url(fleet.ledger.path)
+    tip = main_of(fleet.ledger)
+    # a worker's `reconciler cancel`, under its own name or the operator's, is refused
+    code, err = run_cli(fleet.alpha, "cancel", job.name, "--ledger", url, "--as", "alpha")
+    assert code == 1 and "pending->cancelled by alpha (worker) refused" in err, err
+    code, err = run_cli(fleet.alpha, "cancel", job.name, "--ledger", url, "--as", "operator")
+    assert code == 1 and "author 'operator' is not the pusher 'alpha'" in err, err
+    assert main_of(fleet.ledger) == tip
+    # the operator's cancel, by command, lands
+    code, err = run_cli(fleet.operator, "cancel", job.name, "--ledger", url, "--as", "operator")
+    assert code == 0, err
     with fleet.open(fleet.alpha) as alpha, fleet.open(fleet.operator) as operator:
-        # a worker's try at a cancel is refused
-        with pytest.raises(Exception, match="only operator or reconciler"):
-            transition(alpha, job.job_id, "pending->cancelled", "cancel",
-                       status=Status.CANCELLED)
-        # the operator's cancel lands
-        cancelled = transition(operator, job.job_id, "pending->cancelled", "cancel",
-                               status=Status.CANCELLED)
-        assert cancelled.status is Status.CANCELLED
-        # a worker's try at the requeue is refused
-        with pytest.raises(Exception, match="only operator may make it"):
+        # a worker's requeue by commit is refused; the operator's goes through
+        with pytest.raises(PushRejected, match="only operator may make it"):
             transition(alpha, job.job_id, "cancelled->pending", "requeue",
-                       status=Status.PENDING)
+                       status=Status.PENDING, last_error=None)
         requeued = transition(operator, job.job_id, "cancelled->pending", "requeue",
-                              status=Status.PENDING, lost=0)
+                              status=Status.PENDING, lost=0, last_error=None)
         assert requeued.status is Status.PENDING
     actors = [(t[3], t[4]) for t in fleet.ledger.transitions() if t[1] == job.job_id]
     assert actors[-2:] == [("pending->cancelled", "operator"), ("cancelled->pending", "operator")]
