@@ -27,9 +27,11 @@ from reconciler.ledger import Ledger, Proposal, Snapshot
 from reconciler.manifest import LoadedManifest, load_manifest
 from reconciler.observe import live_workers, observe
 from reconciler.plan import Action, Observations, orphans, plan
+from reconciler.recheck import Rechecker
 from reconciler.schema import Heartbeat
 from reconciler.sdnotify import notify
 from reconciler.sshconn import is_ssh
+from reconciler.state import JobState
 
 log = logging.getLogger("trainledger.reconciler")
 GC_EVERY_S = 600.0
@@ -49,9 +51,22 @@ class Report:
     actions: int = 0
     workers: dict[str, float] = field(default_factory=dict)  # name -> s since last beat
     orphans: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)  # illegal commits seen (hook-less)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def recheck_needed(url: str) -> bool:
+    """A local ledger with our pre-receive hook judged every push already (with
+    the pusher's real identity, which history does not keep: an operator's
+    commit authored "Alice Smith" would look like a worker's). Anything else,
+    remote or hook-less, is re-judged from its authors."""
+    path = Path(url.removeprefix("file://"))
+    if is_ssh(url) or not (path / "HEAD").exists():
+        return True
+    hook = path / "hooks" / "pre-receive"
+    return not (hook.is_file() and "reconciler.hook" in hook.read_text(errors="replace"))
 
 
 class Reconciler:
@@ -62,6 +77,9 @@ class Reconciler:
         self.manifest: LoadedManifest | None = None
         self.manifest_revision: str | None = None
         self.report = Report()
+        self.recheck = Rechecker(ledger.repo, ledger.identity) \
+            if recheck_needed(ledger.url) else None
+        self.restores: dict[str, tuple[JobState, JobState, str]] = {}
         self.seq = 0
         self._last_gc = clock()
 
@@ -72,6 +90,7 @@ class Reconciler:
         tip = self.ledger.fetch(heartbeats=True)
         if tip is None:
             raise LedgerError(f"{self.ledger.url}: no main branch (run `reconciler init`)")
+        self._recheck(tip)
         written: list[Action] = []
 
         def build(snap: Snapshot) -> Proposal | None:
@@ -81,7 +100,8 @@ class Reconciler:
             observe(self.obs, snap.states, self.ledger.heartbeats(), now)
             if loaded is None:
                 return None
-            actions = plan(loaded.specs, loaded.fleet, snap.states, self.obs, now)
+            actions = self._restore_actions(snap) or \
+                plan(loaded.specs, loaded.fleet, snap.states, self.obs, now)
             written.extend(actions)
             if not actions:
                 return None
@@ -95,10 +115,32 @@ class Reconciler:
             self.report.last_error = str(exc)
             raise
         for action in written if outcome.commit else []:
+            if action.meaning == "restore":
+                self.restores.pop(action.new.job_id, None)
             log.info("event=%s job=%s attempt=%s %s", action.meaning, action.new.name,
                      action.new.attempt, action.reason)
         self._update_report(outcome.snapshot, len(written) if outcome.commit else 0)
         return written if outcome.commit else []
+
+    def _recheck(self, tip: str) -> None:
+        """Judge the commits read since the last pass with the hook's rules."""
+        for finding in self.recheck.check(tip) if self.recheck else []:
+            log.warning("event=illegal-commit commit=%s author=%s %s", finding.commit[:12],
+                        finding.author, finding.message)
+            self.report.findings = [*self.report.findings, finding.message][-20:]
+            for job_id, (illegal, legal) in finding.restore.items():
+                self.restores[job_id] = (illegal, legal, finding.commit)
+
+    def _restore_actions(self, snap: Snapshot) -> list[Action]:
+        """Undo an illegal change while nothing has happened to the job since."""
+        actions = []
+        for job_id, (illegal, legal, commit) in list(self.restores.items()):
+            if snap.states.get(job_id) != illegal:
+                del self.restores[job_id]  # moved on since: report only
+                continue
+            actions.append(Action(illegal, legal, "restore",
+                                  f"restored the state before illegal commit {commit[:12]}"))
+        return actions
 
     def _manifest_of(self, snap: Snapshot) -> LoadedManifest | None:
         """The tip's manifest, or the last valid one: a bad commit never stops the

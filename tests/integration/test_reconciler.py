@@ -138,3 +138,35 @@ def test_cancel_and_requeue_commands(tmp_path: Path) -> None:
     log = json.loads(cli("log", "x", "--ledger", led.url, "--json").stdout)
     assert [r["transition"] for r in log][:2] == ["cancelled->pending", "pending->cancelled"]
     assert cli("fsck", "--ledger", led.url, "--history").returncode == 0
+
+
+def test_an_illegal_commit_on_a_hookless_ledger_is_reported_and_undone(tmp_path: Path) -> None:
+    from reconciler import trailers
+    from reconciler.ledger import Ledger, Proposal
+
+    led = make_ledger(tmp_path, jobs=[{"name": "x", "seed": 1}], fleet=FAST, hooks=False)
+    rec = start_reconciler(led)
+    try:
+        wait_for(lambda: status(led)["reconciler"], what="the first pass")
+        # a worker marks a job it never claimed as completed: no hook stops it here
+        rogue = Ledger(led.url, tmp_path / "rogue.git", "mallory")
+
+        def forge(snap):
+            old = next(iter(snap.states.values()))
+            new = old.model_copy(update={"status": Status.COMPLETED,
+                                         "artifact": {"sha256": "f" * 64, "size": 1}})
+            return Proposal.of_states([new], [trailers.Change(
+                old.job_id, old.name, 0, "pending->completed", "complete")])
+
+        rogue.write(forge)
+        rogue.close()
+        doc = wait_for(lambda: (d := status(led)) and d["jobs"][0]["status"] == "pending" and d,
+                       timeout=30, what="the restore")
+        report = wait_for(lambda: (status(led)["reconciler"]["report"] or {}).get("findings"),
+                          what="the finding in the report")
+        assert "pending->completed by mallory" in report[-1]
+        assert doc["jobs"][0]["artifact"] is None
+    finally:
+        stop(rec)
+    restore = led.git("log", "-1", "--format=%B", "main")
+    assert "restore" in restore and "illegal commit" in restore
