@@ -134,6 +134,9 @@ def run_store(command: Command, root: str) -> int:
     except LedgerError as exc:
         print(f"trainledger-shell: {command.kind}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the client hung up mid-transfer (EPIPE), or the disk failed
+        print(f"trainledger-shell: {command.kind}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 @dataclass(frozen=True)
