@@ -18,10 +18,10 @@ class Config:
     p1_reps: int = 15
     p2_jobs: int = 500
     p2_ks: tuple[int, ...] = (1, 4, 16, 32)
-    p2_window_s: float = 45.0
+    p2_window_s: float = 35.0
     p3_trials: int = 7
     p4_sizes: tuple[int, ...] = (10_000, 100_000)
-    p4_reps: int = 3
+    p4_reps: int = 2
     p4_history_cap: int = 5_000
     p5_jobs: int = 200
     p5_hours: float = 24.0

@@ -115,7 +115,7 @@ def test_report_renders_every_row_and_misses() -> None:
                "rows": [ok.to_json(), miss.to_json(), broken.to_json()]}
     text = report.render_docs(results)
     assert "| P1 | ratio <= 2 | 1.25 | pass |" in text
-    assert "**MISS**" in text and "wakes it" in text
+    assert "**MISS**" in text and "per tick" in text
     assert "P3 did not run to the end" in text
     assert "MISS" in report.table(results)
 
