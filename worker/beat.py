@@ -86,7 +86,7 @@ class Beater(threading.Thread):
     def beat_once(self, final: bool = False) -> bool:
         held = [] if final else self.held()
         beat = Heartbeat(
-            worker=self.worker, seq=self.seq, sent_at=time.time(), slots=self.slots,
+            worker=self.worker, seq=self.seq, sent_at=self.ledger.clock(), slots=self.slots,
             capability=self.capability,
             jobs=[HeldJob(job_id=h.job_id, attempt=h.attempt, progress=h.progress,
                           last_line=h.last_line) for h in held],
@@ -100,7 +100,9 @@ class Beater(threading.Thread):
                     why = revocation(snap.states.get(h.job_id), self.worker, h.attempt)
                     if why:
                         self.on_revoked(h.job_id, h.attempt, why)
-        except LedgerError as exc:
+        except Exception as exc:
+            if not isinstance(exc, LedgerError):
+                log.exception("event=beat-error worker=%s", self.worker)
             if self._outage_since is None:
                 self._outage_since = self.clock()
                 log.warning("event=beat-failed worker=%s error=%s (retrying every beat; "

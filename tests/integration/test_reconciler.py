@@ -170,3 +170,63 @@ def test_an_illegal_commit_on_a_hookless_ledger_is_reported_and_undone(tmp_path:
         stop(rec)
     restore = led.git("log", "-1", "--format=%B", "main")
     assert "restore" in restore and "illegal commit" in restore
+
+
+@pytest.mark.parametrize("skew_h", [5, -5])
+def test_a_worker_with_a_skewed_clock_is_neither_swept_early_nor_kept_late(
+        tmp_path: Path, skew_h: int) -> None:
+    """The worker runs in-process with every timestamp it writes (commit dates,
+    heartbeat sent_at) hours off; the reconciler judges on its own clock."""
+    import random
+    import threading
+    import time
+
+    from reconciler.ledger import Ledger
+    from reconciler.schema import Capability
+    from reconciler.store import LocalStore
+    from worker.daemon import Worker, WorkerConfig
+    from workerkit import CPU_CAPABILITY
+
+    led = make_ledger(tmp_path, jobs=[{"name": "long", "hyper": {"seconds": 7}}], fleet=FAST)
+    fleet = Fleet(led.url, tmp_path, led.store)
+
+    def skewed() -> float:
+        return time.time() + skew_h * 3600
+
+    rec = start_reconciler(led)
+    try:
+        worker = Worker(
+            WorkerConfig(name="skewed", state_dir=tmp_path / "w", poll_s=0.2,
+                         exit_when_idle=True),
+            Ledger(led.url, tmp_path / "w" / "ledger.git", "skewed", clock=skewed),
+            Ledger(led.url, tmp_path / "w" / "beat.git", "skewed", clock=skewed),
+            lambda _m: LocalStore(led.store), Capability(**CPU_CAPABILITY), random.Random(1))
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        thread.join(timeout=90)
+        assert not thread.is_alive()
+        # not swept early: one attempt, completed, while its timestamps were hours off
+        state = next(iter(fleet.states().values()))
+        assert state.status is Status.COMPLETED and state.attempt == 1 and state.lost == 0
+        stamp = int(led.git("log", "-1", "--format=%ct", "main"))
+        assert abs(stamp - (time.time() + skew_h * 3600)) < 120
+        # not kept alive late: its (future or past) last beat does not hold a new claim
+        requeue = cli("requeue", "long", "--ledger", led.url)
+        assert requeue.returncode == 0
+        forged = Ledger(led.url, tmp_path / "forge.git", "skewed", clock=skewed)
+        from reconciler import trailers
+        from reconciler.ledger import Proposal
+
+        def claim(snap):
+            old = next(iter(snap.states.values()))
+            new = old.model_copy(update={"status": Status.CLAIMED, "holder": "skewed",
+                                         "attempt": old.attempt + 1})
+            return Proposal.of_states([new], [trailers.Change(
+                old.job_id, old.name, new.attempt, "pending->claimed", "claim")])
+
+        forged.write(claim)
+        forged.close()
+        wait_for(lambda: next(iter(fleet.states().values())).status is Status.PENDING,
+                 timeout=FAST["stale_after_s"] * 8, what="the sweep of the silent claim")
+    finally:
+        stop(rec)
