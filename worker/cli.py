@@ -10,7 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
-from reconciler.cli import add_ledger_arg, state_dir_default
+from reconciler.cli import add_ledger_arg, dispatch, state_dir_default
 from reconciler.errors import LedgerError
 from reconciler.schema import Capability
 
@@ -135,18 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except LedgerError as exc:
-        print(f"worker {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":
