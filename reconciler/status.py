@@ -37,10 +37,14 @@ def collect(snap: Snapshot, beats: dict[str, HeartbeatRecord], now: float) -> di
     progress: dict[str, tuple[float | None, str | None, float]] = {}
     workers, live = [], {}
     reconciler = beats.get("reconciler")
+    report = reconciler.beat.report if reconciler and reconciler.beat else None
+    # Liveness on one clock: the reconciler's, as of its last pass, when it runs;
+    # a heartbeat's own commit time (the worker's clock) only without it.
+    judged = (report or {}).get("workers") or {}
     for name, rec in sorted(beats.items()):
         if name == "reconciler":
             continue
-        seen = max(0.0, now - rec.commit_time)
+        seen = float(judged[name]) if name in judged else max(0.0, now - rec.commit_time)
         beat = rec.beat
         cap = beat.capability if beat else None
         held = [j.job_id for j in beat.jobs] if beat else []
@@ -76,7 +80,6 @@ def collect(snap: Snapshot, beats: dict[str, HeartbeatRecord], now: float) -> di
     counts = {s: 0 for s in ORDER}
     for job in jobs:
         counts[job["status"]] += 1
-    report = reconciler.beat.report if reconciler and reconciler.beat else None
     return {
         "revision": snap.revision,
         "manifest_error": snap.manifest_error,
