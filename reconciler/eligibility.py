@@ -1,8 +1,22 @@
 """May this worker take this job now, and if not, why: pure, no I/O, no clock.
 
-Workers call `reasons` to pick, `worker explain` shows them, and `reconciler
-status` asks `fleet_reasons` why no live worker can take a pending job (the
-question HTCondor answers with `condor_q -analyze`).
+Workers call `reasons` and `pick` to choose what to claim, `worker explain`
+shows every verdict, and `reconciler status` asks `fleet_reasons` why no live
+worker can take a pending job (the question HTCondor answers with
+`condor_q -analyze`). Every rule yields its own human sentence and all of them
+are collected, so an operator fixes everything in one edit, not one per poll.
+
+Decisions where the manifest is silent:
+
+- `allow_jobs` / `deny_jobs` are globs matched case-sensitively (`fnmatchcase`)
+  against the job's name or its model, the same on every OS.
+- `min_vram_gib` on a job without `require_cuda`/`prefer_cuda` still needs a
+  CUDA device with that much free VRAM: asking for VRAM means asking for a GPU.
+- `prefer_cuda`: a CUDA worker whose best device has enough free VRAM may take
+  it at once; anyone else waits until the reconciler sets `cpu_ok`, after which
+  it runs on the CPU (where VRAM does not matter).
+- A job that asks nothing of CUDA runs with no device (`choose_device` is
+  None), so jobs that did not ask for a GPU never share one by accident.
 """
 
 from __future__ import annotations
@@ -16,124 +30,165 @@ from reconciler.identity import JobSpec
 from reconciler.manifest import LoadedManifest
 from reconciler.schema import Capability, Host, JobState, Status
 
+NO_STATE = "no state yet (the reconciler has not created it)"
+CANCELLED = "cancelled in the manifest"
+NO_CUDA = "require_cuda but no CUDA device"
 PREFER_CUDA_WAIT = ("prefer_cuda: waiting for a CUDA worker until the reconciler opens it "
                     "to CPU workers")
+NO_LIVE_WORKER = "no live worker"
+NO_CUDA_WORKER = "no worker with CUDA"
 
 
-def _matches(spec: JobSpec, patterns: list[str]) -> bool:
-    return any(fnmatchcase(spec.name, p) or fnmatchcase(spec.model, p) for p in patterns)
+def gib(value: float) -> str:
+    """4 -> '4.0', 1.5 -> '1.5', 0.25 -> '0.25': one decimal at least, two at most."""
+    text = f"{value:.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def _matches(spec: JobSpec, patterns: list[str]) -> list[str]:
+    return [p for p in patterns if fnmatchcase(spec.name, p) or fnmatchcase(spec.model, p)]
 
 
 def reasons(spec: JobSpec, state: JobState | None, worker: str, host: Host | None,
             cap: Capability) -> list[str]:
     """Every reason this worker may not take the job now; empty means it may."""
+    return (job_reasons(spec, state) + host_reasons(spec, worker, host)
+            + capability_reasons(spec, cap, cpu_ok=state is not None and state.cpu_ok))
+
+
+def job_reasons(spec: JobSpec, state: JobState | None) -> list[str]:
+    """Reasons that hold for every worker alike (state and manifest)."""
     out = []
     if state is None:
-        out.append("no state yet (the reconciler has not created it)")
-    elif state.status is not Status.PENDING:
-        out.append(f"status is {state.status.value}")
+        out.append(NO_STATE)
+    elif state.status != Status.PENDING:
+        out.append(f"status is {Status(state.status).value}")
     if spec.cancel:
-        out.append("cancelled in the manifest")
-    out += host_reasons(spec, worker, host)
-    out += capability_reasons(spec, cap, cpu_ok=bool(state and state.cpu_ok))
+        out.append(CANCELLED)
     return out
 
 
 def host_reasons(spec: JobSpec, worker: str, host: Host | None) -> list[str]:
+    """The host's [hosts.<worker>] policy and the job's allowed/denied hosts."""
     out = []
     if host is not None and host.allow_jobs is not None and not _matches(spec, host.allow_jobs):
-        out.append(f"host {worker}: allow_jobs {host.allow_jobs} does not match "
-                   f"{spec.name} or model {spec.model}")
-    if host is not None and _matches(spec, host.deny_jobs):
-        out.append(f"host {worker}: deny_jobs matches {spec.name}")
+        out.append(f"[hosts.{worker}] allow_jobs {host.allow_jobs} matches neither name "
+                   f"{spec.name!r} nor model {spec.model!r}")
+    if host is not None and (denied := _matches(spec, host.deny_jobs)):
+        out.append(f"[hosts.{worker}] deny_jobs {denied} matches {spec.name!r} "
+                   f"or model {spec.model!r}")
     if spec.allowed_hosts is not None and worker not in spec.allowed_hosts:
-        out.append(f"allowed_hosts {list(spec.allowed_hosts)} excludes {worker}")
+        out.append(f"allowed_hosts {list(spec.allowed_hosts)} does not include {worker}")
     if worker in spec.denied_hosts:
         out.append(f"denied_hosts includes {worker}")
     return out
 
 
+def _cuda_devices(cap: Capability) -> list[Any]:
+    """Devices count only when the capability also says CUDA works."""
+    return list(cap.cuda_devices) if cap.cuda_available else []
+
+
 def capability_reasons(spec: JobSpec, cap: Capability, cpu_ok: bool) -> list[str]:
-    """A prefer_cuda job runs on a CUDA device with enough free VRAM, or, once the
-    reconciler has opened it (`cpu_ok`), on the CPU, where VRAM does not matter."""
+    """CUDA, VRAM, RAM and cores against what the job asks."""
     out = []
-    has_cuda = cap.cuda_available and bool(cap.cuda_devices)
-    vram_ok = cap.best_free_vram_gib >= spec.min_vram_gib
-    need_vram = (f"needs {spec.min_vram_gib:g} GiB free VRAM, best device has "
-                 f"{cap.best_free_vram_gib:.1f}")
+    devices = _cuda_devices(cap)
+    best = max((d.vram_free_gib for d in devices), default=0.0)
+    vram_ok = best >= spec.min_vram_gib
+    need_vram = f"needs {gib(spec.min_vram_gib)} GiB free VRAM, " + (
+        f"best device has {gib(best)}" if devices else "no CUDA device")
     if spec.require_cuda:
-        if not has_cuda:
-            out.append("require_cuda but no CUDA device")
+        if not devices:
+            out.append(NO_CUDA)
         elif not vram_ok:
             out.append(need_vram)
     elif spec.prefer_cuda:
-        if not (has_cuda and vram_ok) and not cpu_ok:
-            out.append(need_vram if has_cuda else PREFER_CUDA_WAIT)
-    elif spec.min_vram_gib > 0 and not vram_ok:
+        if not cpu_ok and not (devices and vram_ok):
+            out.append(need_vram if devices else PREFER_CUDA_WAIT)
+    elif spec.min_vram_gib > 0 and not (devices and vram_ok):
         out.append(need_vram)
     if spec.min_ram_gib > cap.ram_available_gib:
-        out.append(f"needs {spec.min_ram_gib:g} GiB available RAM, host has "
-                   f"{cap.ram_available_gib:.1f}")
+        out.append(f"needs {gib(spec.min_ram_gib)} GiB available RAM, host has "
+                   f"{gib(cap.ram_available_gib)}")
     if spec.min_cores > cap.cpu_cores:
         out.append(f"needs {spec.min_cores} cores, host has {cap.cpu_cores}")
     return out
 
 
 def choose_device(spec: JobSpec, cap: Capability) -> int | None:
-    """The CUDA device with the most free VRAM that meets the job, None for CPU."""
-    if not cap.cuda_available or not (spec.require_cuda or spec.prefer_cuda
-                                      or spec.min_vram_gib > 0):
+    """The CUDA device with the most free VRAM that meets `min_vram_gib` (lowest
+    index on a tie), or None: run on the CPU. Only jobs that ask for CUDA
+    (require, prefer or a VRAM minimum) get a device."""
+    if not (spec.require_cuda or spec.prefer_cuda or spec.min_vram_gib > 0):
         return None
-    fit = [d for d in cap.cuda_devices if d.vram_free_gib >= spec.min_vram_gib]
+    fit = [d for d in _cuda_devices(cap) if d.vram_free_gib >= spec.min_vram_gib]
     if not fit:
         return None
     return max(fit, key=lambda d: (d.vram_free_gib, -d.index)).index
 
 
 def pick(candidates: list[JobSpec], slots: int, rng: random.Random) -> list[JobSpec]:
-    """Highest priority first, then oldest (manifest order); but among jobs of the
-    same priority the pick is random, so workers racing for the same tip rarely
-    want the same job (DESIGN.md "Contention"). Strict age order within a
-    priority is traded for fewer lost races."""
+    """Up to `slots` jobs to claim in one push: highest priority first; within
+    one priority, a random choice rather than the oldest.
+
+    Trade-off (DESIGN.md "Contention"): workers racing from the same tip that
+    all want the oldest job lose a push each, and lost races are what collapse
+    claim throughput and load the Pi. A random pick among equals makes racers
+    rarely collide. The price is that age order inside a priority is only
+    statistical: an old job is no more likely to be picked than a new one of
+    the same priority, and waits longer only by chance. Priority is strict:
+    no lower-priority job is picked while a higher one is left over.
+    The order returned is the claim order (priority desc, then manifest order).
+    """
     if slots <= 0 or not candidates:
         return []
     ranked = sorted(candidates, key=lambda s: (-s.priority, s.index))
     chosen: list[JobSpec] = []
-    i = 0
-    while i < len(ranked) and len(chosen) < slots:
-        j = i
-        while j < len(ranked) and ranked[j].priority == ranked[i].priority:
-            j += 1
-        tier = ranked[i:j]
-        chosen += rng.sample(tier, min(slots - len(chosen), len(tier)))
-        i = j
+    start = 0
+    while start < len(ranked) and len(chosen) < slots:
+        end = start
+        while end < len(ranked) and ranked[end].priority == ranked[start].priority:
+            end += 1
+        tier = ranked[start:end]
+        taken = rng.sample(tier, min(slots - len(chosen), len(tier)))
+        chosen += sorted(taken, key=lambda s: s.index)
+        start = end
     return chosen
 
 
 def fleet_reasons(spec: JobSpec, state: JobState | None,
                   workers: Mapping[str, tuple[Host | None, Capability]]) -> list[str]:
-    """Why no live worker can take a pending job; empty when one can."""
+    """Why no live worker can take a pending job; empty when one can.
+
+    Reasons common to the whole fleet are said once (the job's own, "no live
+    worker", "no worker with CUDA", the prefer_cuda wait); otherwise one line
+    per worker, `<worker>: <reason>; <reason>`, sorted by worker name.
+    """
+    common = job_reasons(spec, state)
+    if common:
+        return common
     if not workers:
-        return ["no live worker"]
+        return [NO_LIVE_WORKER]
     per_worker = {name: reasons(spec, state, name, host, cap)
                   for name, (host, cap) in workers.items()}
     if any(not r for r in per_worker.values()):
         return []
-    if spec.require_cuda and not any(c.cuda_available for _, c in workers.values()):
-        return ["no worker with CUDA"]
-    if all(PREFER_CUDA_WAIT in r for r in per_worker.values()):
+    if spec.require_cuda and not any(_cuda_devices(cap) for _, cap in workers.values()):
+        return [NO_CUDA_WORKER]
+    if all(r == [PREFER_CUDA_WAIT] for r in per_worker.values()):
         return [PREFER_CUDA_WAIT]
     return [f"{name}: {'; '.join(r)}" for name, r in sorted(per_worker.items())]
 
 
 def explain(loaded: LoadedManifest, states: Mapping[str, JobState], worker: str,
             cap: Capability) -> list[dict[str, Any]]:
-    """`worker explain`: every pending job (or one with no state yet) and why not."""
+    """`worker explain --json` rows, in manifest order, for every pending job and
+    every job with no state yet: `{job_id, name, eligible, reasons}`."""
     host = loaded.manifest.hosts.get(worker)
     rows = []
     for spec in loaded.specs.values():
         state = states.get(spec.job_id)
-        if state is not None and state.status is not Status.PENDING:
+        if state is not None and state.status != Status.PENDING:
             continue
         why = reasons(spec, state, worker, host, cap)
         rows.append({"job_id": spec.job_id, "name": spec.name, "eligible": not why,
