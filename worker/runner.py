@@ -54,10 +54,23 @@ def trainer_env(spec: JobSpec, attempt: int, output_dir: Path, spec_path: Path,
         "TRAINLEDGER_ATTEMPT": str(attempt),
         "TRAINLEDGER_OUTPUT_DIR": str(output_dir),
         "TRAINLEDGER_SPEC": str(spec_path),
-        "CUDA_VISIBLE_DEVICES": "" if device is None else str(device),
+        "CUDA_VISIBLE_DEVICES": visible_device(device, source.get("CUDA_VISIBLE_DEVICES")),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # the order nvidia-smi numbers devices in
         "PYTHONUNBUFFERED": "1",
     })
     return env
+
+
+def visible_device(device: int | None, parent: str | None) -> str:
+    """The trainer's CUDA_VISIBLE_DEVICES: device indices are relative to the
+    worker's own list, so a worker started with "2,3" sends device 0 to "2"."""
+    if device is None:
+        return ""
+    if parent:
+        ids = [p.strip() for p in parent.split(",") if p.strip()]
+        if device < len(ids):
+            return ids[device]
+    return str(device)
 
 
 def parse_progress(line: str) -> float | None:
