@@ -138,6 +138,7 @@ def race(kind: str, target: str, k: int, root: Path, window_s: float) -> dict[st
                 p.kill()
             raise RuntimeError(f"P2 {kind} K={k}: claimers did not start")
         time.sleep(0.01)
+    load_before = os.getloadavg()[0]
     t_go = time.time()
     go.write_text("go")
     end = time.monotonic() + window_s
@@ -151,7 +152,8 @@ def race(kind: str, target: str, k: int, root: Path, window_s: float) -> dict[st
     events = [json.loads(line) for out in outs if out.exists()
               for line in out.read_text().splitlines() if line.strip()]
     return {"t_go": t_go, "t_end": t_end, "events": events, "window_s": window_s,
-            "finished": all(p.returncode == 0 for p in procs)}
+            "finished": all(p.returncode == 0 for p in procs),
+            "loadavg_1min": (load_before, os.getloadavg()[0])}
 
 
 def race_figures(result: dict[str, Any], jobs: int) -> dict[str, Any]:
@@ -173,7 +175,7 @@ def race_figures(result: dict[str, Any], jobs: int) -> dict[str, Any]:
         "seconds": duration, "claims_per_s": len(claims) / duration if duration > 0 else 0.0,
         "retries_per_claim": sum(lost) / len(lost) if lost else 0.0,
         "latency_s": summarize(lat + open_waits), "open_waits_at_end": len(open_waits),
-        "ran_to_completion": result["finished"],
+        "ran_to_completion": result["finished"], "loadavg_1min": result["loadavg_1min"],
     }
 
 
