@@ -79,7 +79,11 @@ class LocalStore:
             if part.is_symlink():
                 raise StoreError(f"{part}: is a symlink; the store refuses to follow it",
                                  path=str(part))
-            part.mkdir(parents=True, exist_ok=True)
+            try:
+                part.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"store {self.root}: cannot create {part}: "
+                                 f"{exc.strerror or exc}", path=str(part)) from None
         real_root = os.path.realpath(self.root)
         if os.path.commonpath([real_root, os.path.realpath(directory)]) != real_root:
             raise StoreError(f"{directory}: resolves outside the store root {self.root}")
@@ -111,7 +115,7 @@ class LocalStore:
         if self.verify(sha256):
             return Artifact(sha256=sha256, size=self.path(sha256).stat().st_size)
         directory = self._directory(sha256)
-        fd, tmp = tempfile.mkstemp(prefix=".put-", suffix=".tmp", dir=directory)
+        fd, tmp = _mkstemp(directory, ".put-", self.root)
         try:
             digest, size = hashlib.sha256(), 0
             with os.fdopen(fd, "wb") as out:
@@ -143,8 +147,7 @@ class LocalStore:
         if staging.is_symlink():
             raise StoreError(f"{staging}: is a symlink; the store refuses to follow it",
                              path=str(staging))
-        staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".pack-", suffix=".tmp", dir=staging)
+        fd, tmp = _mkstemp(staging, ".pack-", self.root)
         try:
             with os.fdopen(fd, "wb") as out:
                 artifact = pack(src_dir, out)
@@ -167,6 +170,17 @@ class LocalStore:
         sha, _ = sha256_file(path)
         with _open_nofollow(path) as f:
             return self.put(sha, f)
+
+
+def _mkstemp(directory: Path, prefix: str, root: Path) -> tuple[int, str]:
+    """A temp file in `directory` (created): a full or broken store is one clear
+    StoreError, never a traceback that kills the worker."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise StoreError(f"store {root}: cannot write in {directory}: {exc.strerror or exc}",
+                         path=str(directory)) from None
 
 
 def _fsync_dir(directory: Path) -> None:
