@@ -51,4 +51,8 @@ def check_c(led: LedgerDir, *, max_attempts: int, deadline_s: float = 120.0) -> 
     assert report["repository"]["git_fsck_ok"], f"C.e: {report['repository']}"
     assert report["repository"]["locks"] == [], f"C.f: {report['repository']['locks']}"
     assert list(Path(led.store).glob("sha256/*/.put-*")) == [], "C.f: store temp files left"
+    hist = report["history"]
+    print(f"check C ok: {len(final)} jobs terminal, {hist['commits']} commits, "
+          f"{hist['claims']} claims, {hist['completions']} completions, 0 findings, "
+          f"{report['bundles']['referenced']} bundles verified, git fsck clean, no locks")
     return report

@@ -35,10 +35,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 _START = time.monotonic()
 
 
-@pytest.fixture
-def fault_rng(request: pytest.FixtureRequest, fault_seed: int) -> random.Random:
-    minutes = request.config.getoption("--soak-minutes")
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    minutes = item.config.getoption("--soak-minutes")
     if minutes and time.monotonic() - _START > minutes * 60:
-        pytest.skip("soak window is over")
+        item.session.shouldstop = f"soak window of {minutes:g} min is over"
+
+
+@pytest.fixture
+def fault_rng(fault_seed: int) -> random.Random:
     print(f"fault seed {fault_seed} (replay with --fault-seed={fault_seed})")
     return random.Random(fault_seed)
