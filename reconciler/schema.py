@@ -67,7 +67,14 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------- manifest
 
 
-class Fleet(Strict):
+class StrictTypes(Strict):
+    """TOML has types: `min_cores = true` or `priority = "10"` is a mistake to
+    report, not a value to coerce (lax pydantic took them as 1 and 10)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Fleet(StrictTypes):
     heartbeat_s: Seconds = Field(30.0, description="Seconds between worker heartbeats.")
     stale_after_s: Seconds = Field(
         600.0, description="A claim with no sign of life for this long is swept."
@@ -101,7 +108,7 @@ class Fleet(Strict):
         return self
 
 
-class Trainer(Strict):
+class Trainer(StrictTypes):
     command: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = Field(
         ...,
         min_length=1,
@@ -119,7 +126,7 @@ class Trainer(Strict):
     )
 
 
-class Host(Strict):
+class Host(StrictTypes):
     allow_jobs: list[ShortText] | None = Field(
         None, description="Job names or models (globs) this host may run; unset means all."
     )
@@ -130,7 +137,7 @@ class Host(Strict):
     description: str = Field("", max_length=1024, description="Free text for operators.")
 
 
-class JobFields(Strict):
+class JobFields(StrictTypes):
     """Fields a job may set and [defaults] may default."""
 
     mode: Name | None = Field(
@@ -168,8 +175,19 @@ class Job(JobFields):
     )
     cancel: bool = Field(False, description="Declarative cancel: the reconciler stops the job.")
 
+    @field_validator("hyper", mode="before")
+    @classmethod
+    def _no_huge_ints(cls, hyper: Any) -> Any:
+        """An int beyond 64 bits failed the int branch and slipped into the float
+        one, silently becoming 1e+23: refuse it instead."""
+        if isinstance(hyper, dict):
+            for key, value in hyper.items():
+                if type(value) is int and not -(2**63) <= value <= 2**63 - 1:
+                    raise ValueError(f"{key!r} = {value} does not fit in 64 bits")
+        return hyper
 
-class Manifest(Strict):
+
+class Manifest(StrictTypes):
     schema_version: Literal[1] = Field(..., description="Manifest format version.")
     name: Name = Field(..., description="Fleet name.")
     fleet: Fleet = Field(default_factory=Fleet, description="Timing, budget and store.")
