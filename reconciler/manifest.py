@@ -86,10 +86,28 @@ def _parse_toml(data: bytes, filename: str, max_bytes: int) -> dict[str, Any]:
 
 
 def _format_validation(exc: ValidationError, raw: dict[str, Any], filename: str) -> str:
-    lines = []
+    """One line per field: a value that fits no branch of a union (a hyper value
+    is a bool, an int, a float or a string) was four lines, one per branch."""
+    by_field: dict[str, list[dict[str, Any]]] = {}
     for err in exc.errors():
-        lines.append(f"{filename}: {_where(err['loc'], raw)}: {_reason(err)}")
-    return "\n".join(lines)
+        by_field.setdefault(_where(err["loc"], raw), []).append(err)
+    return "\n".join(f"{filename}: {where}: {_reasons(errs)}" for where, errs in by_field.items())
+
+
+def _reasons(errs: list[dict[str, Any]]) -> str:
+    if len(errs) == 1:
+        return _reason(errs[0])
+    # The branch that took the value's type says what is wrong with it (nan for a
+    # float); if none did, name the types the field accepts.
+    specific = [e for e in errs if not str(e["type"]).endswith(("_type", "_parsing"))]
+    if specific:
+        return "; ".join(dict.fromkeys(_reason(e) for e in specific))
+    kinds = [str(e["msg"]).removeprefix("Input should be a valid ") for e in errs]
+    expected = ", ".join(kinds[:-1]) + f" or {kinds[-1]}"
+    value = errs[0].get("input")
+    got = f" (got {value!r})" if isinstance(value, str | int | float | bool) \
+        and len(repr(value)) < 60 else ""
+    return f"Input should be a {expected}{got}"
 
 
 def _where(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
