@@ -1,10 +1,10 @@
 """`reconciler run`: level-triggered passes over the whole ledger tip.
 
 Each pass fetches main and the heartbeat refs, notes what is new on the
-reconciler's own clock, plans (pure, reconciler/plan.py) and writes every
-action as one commit through the compare-and-swap loop, re-planning on the new
-tip after a lost race. Watchdog events on a local ledger's refs and a periodic
-tick only mark the ledger dirty; bursts coalesce into one pass.
+reconciler's own clock (reconciler/observe.py), plans (pure, reconciler/plan.py)
+and writes every action as one commit (reconciler/apply.py), re-planning on the
+new tip after a lost race. Watchdog events on a local ledger's refs and a
+periodic tick only mark the ledger dirty; bursts coalesce into one pass.
 """
 
 from __future__ import annotations
@@ -21,35 +21,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.apply import apply
 from reconciler.cli import add_ledger_arg, state_dir_default
-from reconciler.errors import LedgerError, LostRace, ManifestError
-from reconciler.ledger import Ledger, Proposal, Snapshot
+from reconciler.errors import LedgerError, ManifestError
+from reconciler.ledger import Ledger, Snapshot
 from reconciler.manifest import LoadedManifest, load_manifest
 from reconciler.observe import live_workers, observe
-from reconciler.plan import Action, Observations, orphans, plan
+from reconciler.plan import Action, Observations, View, next_due, orphans, plan
 from reconciler.recheck import Rechecker
 from reconciler.schema import Heartbeat
-from reconciler.sdnotify import notify
+from reconciler.sdnotify import notify, watchdog_interval_s
 from reconciler.sshconn import is_ssh
 from reconciler.state import JobState
 
 log = logging.getLogger("trainledger.reconciler")
 GC_EVERY_S = 600.0
+MIN_WAIT_S = 0.1  # never poll faster than this, whatever the manifest says
+SETTLE_S = 0.05  # a burst of ref updates within this window gives one pass
 
 
 @dataclass
 class Report:
     """What `reconciler status` shows about the daemon (its heartbeat's report)."""
 
+    started_at: float = field(default_factory=time.time)  # wall clock, informational
     last_pass_at: float = 0.0  # wall clock, informational
     passes: int = 0
-    applied_revision: str | None = None  # the manifest revision acted on
-    attempted_revision: str | None = None  # the tip's manifest revision
+    applied_revision: str | None = None  # the revision whose manifest is acted on
+    attempted_revision: str | None = None  # the tip, whose manifest was tried
     manifest_error: str | None = None
-    manifest_error_commit: str | None = None
+    manifest_error_commit: str | None = None  # the last commit that touched it
     last_error: str | None = None
     actions: int = 0
-    workers: dict[str, float] = field(default_factory=dict)  # name -> s since last beat
+    lost_races: int = 0
+    workers: dict[str, float] = field(default_factory=dict)  # name -> s since a new beat
     orphans: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)  # illegal commits seen (hook-less)
 
@@ -57,29 +62,39 @@ class Report:
         return dict(self.__dict__)
 
 
+def local_path(url: str) -> Path | None:
+    """The bare repository when the ledger is a local path, else None."""
+    if is_ssh(url):
+        return None
+    path = Path(url.removeprefix("file://"))
+    return path if (path / "HEAD").exists() else None
+
+
 def recheck_needed(url: str) -> bool:
     """A local ledger with our pre-receive hook judged every push already (with
     the pusher's real identity, which history does not keep: an operator's
     commit authored "Alice Smith" would look like a worker's). Anything else,
     remote or hook-less, is re-judged from its authors."""
-    path = Path(url.removeprefix("file://"))
-    if is_ssh(url) or not (path / "HEAD").exists():
+    path = local_path(url)
+    if path is None:
         return True
     hook = path / "hooks" / "pre-receive"
     return not (hook.is_file() and "reconciler.hook" in hook.read_text(errors="replace"))
 
 
 class Reconciler:
+    """One ledger's reconciler: passes, its report and its heartbeat."""
+
     def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.monotonic) -> None:
         self.ledger = ledger
         self.clock = clock
         self.obs = Observations(started_at=clock())
         self.manifest: LoadedManifest | None = None
-        self.manifest_revision: str | None = None
         self.report = Report()
         self.recheck = Rechecker(ledger.repo, ledger.identity) \
             if recheck_needed(ledger.url) else None
         self.restores: dict[str, tuple[JobState, JobState, str]] = {}
+        self.due_at: float | None = None  # next time rule deadline, on our clock
         self.seq = 0
         self._last_gc = clock()
 
@@ -91,36 +106,29 @@ class Reconciler:
         if tip is None:
             raise LedgerError(f"{self.ledger.url}: no main branch (run `reconciler init`)")
         self._recheck(tip)
-        written: list[Action] = []
-
-        def build(snap: Snapshot) -> Proposal | None:
-            written.clear()
-            now = self.clock()
-            loaded = self._manifest_of(snap)
-            observe(self.obs, snap.states, self.ledger.heartbeats(), now)
-            if loaded is None:
-                return None
-            actions = self._restore_actions(snap) or \
-                plan(loaded.specs, loaded.fleet, snap.states, self.obs, now)
-            written.extend(actions)
-            if not actions:
-                return None
-            body = "\n".join(f"{a.new.name}: {a.reason}" for a in actions if a.reason)
-            return Proposal.of_states([a.new for a in actions], [a.change for a in actions],
-                                      body=body)
-
-        try:
-            outcome = self.ledger.write(build)
-        except LostRace as exc:
-            self.report.last_error = str(exc)
-            raise
-        for action in written if outcome.commit else []:
+        applied = apply(self.ledger, self._decide)
+        for action in applied.actions:
             if action.meaning == "restore":
                 self.restores.pop(action.new.job_id, None)
             log.info("event=%s job=%s attempt=%s %s", action.meaning, action.new.name,
                      action.new.attempt, action.reason)
-        self._update_report(outcome.snapshot, len(written) if outcome.commit else 0)
-        return written if outcome.commit else []
+        self.report.lost_races += applied.lost_races
+        self._update_report(applied.snapshot, len(applied.actions))
+        return list(applied.actions)
+
+    def _decide(self, snap: Snapshot) -> list[Action]:
+        """Observe, then plan on this snapshot (called again after a lost race)."""
+        now = self.clock()
+        loaded = self._manifest_of(snap)
+        observe(self.obs, snap.states, self.ledger.heartbeats(), now)
+        if loaded is None:
+            self.due_at = None
+            return []
+        view = View(loaded.specs, loaded.fleet, snap.states)
+        due = next_due(view, self.obs, now)
+        self.due_at = None if due is None else now + due
+        # Restores go alone: their commit subject is how the re-check knows them.
+        return self._restore_actions(snap) or plan(view, self.obs, now)
 
     def _recheck(self, tip: str) -> None:
         """Judge the commits read since the last pass with the hook's rules."""
@@ -147,16 +155,18 @@ class Reconciler:
         fleet, nor blocks its fix (Flux keeps its last applied revision)."""
         self.report.attempted_revision = snap.revision
         if snap.manifest is not None:
-            self.manifest, self.manifest_revision = snap.manifest, snap.revision
+            self.manifest = snap.manifest
             self.report.manifest_error = self.report.manifest_error_commit = None
             self.report.applied_revision = snap.revision
             return snap.manifest
+        if self.report.manifest_error != snap.manifest_error:
+            log.warning("event=manifest-error %s", (snap.manifest_error or "").splitlines()[0])
         self.report.manifest_error = snap.manifest_error
         self.report.manifest_error_commit = self._last_commit_touching("manifest.toml",
                                                                        snap.revision)
         if self.manifest is None:
-            self.manifest, self.manifest_revision = self._last_valid_manifest(snap.revision)
-            self.report.applied_revision = self.manifest_revision
+            self.manifest, self.report.applied_revision = \
+                self._last_valid_manifest(snap.revision)
         return self.manifest
 
     def _last_commit_touching(self, path: str, rev: str) -> str | None:
@@ -164,6 +174,7 @@ class Reconciler:
         return proc.stdout.decode().strip() or None
 
     def _last_valid_manifest(self, rev: str) -> tuple[LoadedManifest | None, str | None]:
+        """After a restart on a broken tip: the newest valid manifest in history."""
         proc = self.ledger.repo.git("log", "--format=%H", "-n", "50", rev, "--",
                                     "manifest.toml", check=False)
         for commit in proc.stdout.decode().split():
@@ -182,8 +193,11 @@ class Reconciler:
         self.report.last_error = None
         self.report.workers = {w: round(s, 1) for w, s in
                                live_workers(self.obs, now, float("inf")).items()}
-        specs = self.manifest.specs if self.manifest else {}
-        self.report.orphans = [s.job_id for s in orphans(specs, snap.states)]
+        if self.manifest is not None:
+            view = View(self.manifest.specs, self.manifest.fleet, snap.states)
+            self.report.orphans = [s.job_id for s in orphans(view)]
+
+    # ------------------------------------------------------- beat and upkeep
 
     def beat(self) -> None:
         """The reconciler's own heartbeat ref carries its report."""
@@ -194,22 +208,24 @@ class Reconciler:
 
     def housekeeping(self) -> None:
         """Amended heartbeats and lost races leave loose objects: `git gc --auto`
-        on a local ledger keeps them from piling up on the Pi."""
-        if self.clock() - self._last_gc < GC_EVERY_S or is_ssh(self.ledger.url):
+        on a local ledger and on our cache keeps them from piling up on the Pi."""
+        if self.clock() - self._last_gc < GC_EVERY_S:
             return
         self._last_gc = self.clock()
-        path = self.ledger.url.removeprefix("file://")
-        if Path(path, "HEAD").exists():
-            subprocess.run(["git", "-C", path, "gc", "--auto", "--quiet"], capture_output=True,
-                           timeout=600, check=False)
+        path = local_path(self.ledger.url)
+        if path is not None:
+            subprocess.run(["git", "-C", str(path), "gc", "--auto", "--quiet"],
+                           capture_output=True, timeout=600, check=False)
         self.ledger.repo.git("gc", "--auto", "--quiet", check=False, timeout=600)
 
-    def tick_s(self) -> float:
+    def wait_s(self, tick_s: float | None = None) -> float:
+        """Until the next pass: the tick (at most heartbeat_s, so a new beat is
+        seen within one beat), or sooner when a sweep or grace falls due."""
         fleet = self.manifest.fleet if self.manifest else None
-        if fleet is None:
-            return 5.0
-        return max(0.1, min(fleet.heartbeat_s, fleet.stale_after_s / 4,
-                            max(fleet.prefer_cuda_grace_s / 4, 0.1)))
+        tick = tick_s or (min(fleet.heartbeat_s, fleet.stale_after_s / 4) if fleet else 5.0)
+        if self.due_at is not None:
+            tick = min(tick, self.due_at - self.clock() + 0.01)
+        return max(MIN_WAIT_S, tick)
 
 
 # ---------------------------------------------------------------- the daemon
@@ -224,8 +240,19 @@ class Dirty:
     def mark(self, *_: object) -> None:
         self.event.set()
 
-    def wait(self, timeout: float) -> bool:
-        fired = self.event.wait(timeout)
+    def wait(self, timeout: float, watchdog_s: float | None = None) -> bool:
+        """Wait for a mark or the timeout, pinging systemd's watchdog meanwhile;
+        then let the burst settle before the pass reads the ledger."""
+        deadline = time.monotonic() + timeout
+        fired = False
+        while not fired:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            fired = self.event.wait(min(left, watchdog_s or left))
+            notify("WATCHDOG=1")
+        if fired:
+            time.sleep(SETTLE_S)
         self.event.clear()
         return fired
 
@@ -237,16 +264,13 @@ HEARTBEAT_DIR = f"{os.sep}refs{os.sep}heartbeats"
 READ_EVENTS = frozenset({"opened", "closed_no_write"})
 
 
-def watch_refs(path: Path, dirty: Dirty):
+def watch_refs(path: Path, dirty: Dirty) -> Any:
     """Watchdog on a local bare ledger's refs/ and packed-refs, for writes only.
     Heartbeat refs do not wake it either: a pass per beat (its own beat, pushed
     after each pass, too) is wasted work; liveness is judged on the tick, which
     is at most heartbeat_s."""
-    try:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-    except ImportError:  # pragma: no cover - watchdog is a dependency
-        return None
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
 
     class Handler(FileSystemEventHandler):
         def on_any_event(self, event: Any) -> None:
@@ -256,8 +280,8 @@ def watch_refs(path: Path, dirty: Dirty):
             dest = str(getattr(event, "dest_path", "") or "")
             if HEARTBEAT_DIR in src or HEARTBEAT_DIR in dest:
                 return  # beats are read on the tick (bench P7: a pass per beat, its own too)
-            if not src.endswith(".lock"):
-                dirty.mark()
+            if not src.endswith(".lock") or dest:
+                dirty.mark()  # a ref written, or a lock renamed onto its ref
 
     observer = Observer()
     observer.schedule(Handler(), str(path / "refs"), recursive=True)
@@ -269,35 +293,36 @@ def watch_refs(path: Path, dirty: Dirty):
 
 def run(reconciler: Reconciler, *, once: bool = False, tick_s: float | None = None,
         stop: threading.Event | None = None, dirty: Dirty | None = None) -> int:
+    """Pass, beat, sleep until dirty or due; until `stop` is set. Errors back off
+    (doubling, up to a minute) and are reported; they never end the loop."""
     stop = stop or threading.Event()
     dirty = dirty or Dirty()
-    url = reconciler.ledger.url.removeprefix("file://")
-    observer = None if once or is_ssh(url) or not Path(url, "HEAD").exists() \
-        else watch_refs(Path(url), dirty)
+    path = None if once else local_path(reconciler.ledger.url)
+    observer = watch_refs(path, dirty) if path is not None else None
     notify("READY=1")
     failures = 0
     try:
         while not stop.is_set():
-            notify("WATCHDOG=1")
             try:
                 reconciler.pass_once()
                 failures = 0
-            except LedgerError as exc:
-                failures += 1
-                reconciler.report.last_error = str(exc).splitlines()[0] if str(exc) else repr(exc)
-                log.warning("event=pass-failed error=%s", reconciler.report.last_error)
+            except Exception as exc:
+                if not isinstance(exc, LedgerError | OSError):
+                    log.exception("event=pass-failed (a bug: please report it)")
                 if once:
                     raise
+                failures += 1
+                reconciler.report.last_error = (str(exc) or repr(exc)).splitlines()[0]
+                log.warning("event=pass-failed error=%s", reconciler.report.last_error)
             try:
                 reconciler.beat()
-            except LedgerError as exc:
-                log.warning("event=beat-failed error=%s", str(exc).splitlines()[0])
-            if once:
+            except (LedgerError, OSError) as exc:
+                log.warning("event=beat-failed error=%s", (str(exc) or repr(exc)).splitlines()[0])
+            if once or stop.is_set():
                 break
             reconciler.housekeeping()
-            wait = tick_s or reconciler.tick_s()
-            dirty.wait(min(wait * (2 ** min(failures, 5)), 60.0))
-            time.sleep(0.05)  # let a burst of ref updates settle into one pass
+            wait = reconciler.wait_s(tick_s)
+            dirty.wait(min(wait * 2 ** min(failures, 9), 60.0), watchdog_interval_s())
     finally:
         notify("STOPPING=1")
         if observer is not None:
@@ -309,6 +334,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir or state_dir_default("reconciler"))
     state_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(args.ledger, state_dir / "ledger.git", args.identity)
+    parsed = state_dir / "ledger.parsed"  # a restart (or --once) parses only what changed
+    ledger.load_parsed(parsed)
     stop, dirty = threading.Event(), Dirty()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -324,6 +351,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run(Reconciler(ledger), once=args.once, tick_s=args.tick_s, stop=stop,
                    dirty=dirty)
     finally:
+        try:
+            ledger.save_parsed(parsed)
+        except OSError as exc:
+            log.warning("event=parse-cache-not-saved error=%s", exc)
         ledger.close()
 
 
