@@ -9,8 +9,11 @@ our commit landed before anything is retried.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import pickle
 import random
 import re
 import time
@@ -416,6 +419,33 @@ class Ledger:
                                   cap=self.backoff_cap_s, rng=self.rng))
         raise LostRace(f"gave up after {lost} lost races on {self.url}", lost_races=lost)
 
+    # ------------------------------------------------------- parse cache (P4)
+
+    def save_parsed(self, path: Path) -> None:
+        """Persist what snapshot() has parsed, so a short-lived reader in a new
+        process (`reconciler status`) parses only what changed since (bench P4)."""
+        data = (_parsed_key(), self.url, self._index, self._states, self._manifest,
+                self._access)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, path)
+
+    def load_parsed(self, path: Path) -> str | None:
+        """Restore save_parsed()'s work and return the revision it was at; None
+        (nothing restored) when the file is absent, not the user's own, or
+        written by other code or for another ledger."""
+        try:
+            st = path.stat()
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return None  # unpickle only what this user alone could have written
+            key, url, index, states, manifest, access = pickle.loads(path.read_bytes())
+        except Exception:  # a cache is never worth an error: parse afresh
+            return None
+        if key != _parsed_key() or url != self.url or not isinstance(index, _TreeIndex):
+            return None
+        self._index, self._states, self._manifest, self._access = index, states, manifest, access
+        return index.rev
+
     # -------------------------------------------------------------- heartbeats
 
     def push_heartbeat(self, beat: Heartbeat) -> str:
@@ -463,6 +493,16 @@ class Ledger:
                 error = "heartbeat ref is not a commit"
             out[worker] = HeartbeatRecord(worker, sha, beat, error, when)
         return out
+
+
+def _parsed_key() -> str:
+    """What a saved parse depends on: the code of the classes it pickles."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("ledger.py", "state.py", "schema.py", "manifest.py", "identity.py",
+                 "access.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
 
 
 def _commit_time(header: bytes) -> float:
