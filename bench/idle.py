@@ -103,7 +103,7 @@ def run_p7(cfg: Config) -> RowResult:
                                  stderr=subprocess.STDOUT)
         proc = psutil.Process(popen.pid)
         try:
-            settle_s = _settle(proc)
+            settle_s = _settle(proc, min_s=4.0 if cfg.quick else 8.0)
             if popen.poll() is not None:
                 raise RuntimeError(f"reconciler exited: {log.read_text()[-1500:]}")
             cpu0, beats0 = tree_cpu_seconds(proc), beaters.beats

@@ -34,9 +34,9 @@ class Config:
     def for_mode(cls, quick: bool, scratch: Scratch) -> Config:
         if not quick:
             return cls(quick, scratch)
-        return cls(quick, scratch, p1_reps=7, p2_jobs=100, p2_window_s=10.0, p3_trials=3,
-                   p4_sizes=(2_000, 20_000), p4_reps=2, p4_history_cap=1_000, p5_jobs=60,
-                   p5_hours=2.0, p6_bytes=128 << 20, p6_reps=2, p7_seconds=15.0,
+        return cls(quick, scratch, p1_reps=5, p2_jobs=100, p2_window_s=6.0, p3_trials=3,
+                   p4_sizes=(1_000, 10_000), p4_reps=1, p4_history_cap=500, p5_jobs=60,
+                   p5_hours=2.0, p6_bytes=128 << 20, p6_reps=2, p7_seconds=10.0,
                    p7_jobs=2_000)
 
 
