@@ -341,8 +341,10 @@ class Ledger:
     def push(self, sha: str, ref: str = MAIN, *, lease: str | None = None) -> PushResult:
         args = ["push", "--porcelain", self.url]
         if lease is not None:
+            # No "+": a forcing refspec overrides the lease (git 2.39 overwrote a
+            # ref whose value no longer matched); the lease alone allows the amend.
             args.insert(1, f"--force-with-lease={ref}:{lease}")
-            args.append(f"+{sha}:{ref}")
+            args.append(f"{sha}:{ref}")
         else:
             args.append(f"{sha}:{ref}")
         try:
