@@ -14,7 +14,11 @@ import shlex
 import tempfile
 from pathlib import Path
 
-MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; "<8 hex>-%C" expands to 49 chars
+# sun_path is 108 bytes with its NUL. The socket is "<dir>/<8 hex>-%C" (%C: 40
+# hex), and ssh first binds it under a temporary name 17 characters longer
+# ("<path>.<16 random>") before renaming it into place.
+MAX_SOCKET_PATH = 107
+SOCKET_NAME_CHARS = 1 + 8 + 1 + 40 + 17
 
 
 def is_ssh(url: str) -> bool:
@@ -23,7 +27,7 @@ def is_ssh(url: str) -> bool:
 
 def control_dir(state_dir: Path) -> Path:
     wanted = Path(state_dir) / "ssh"
-    if len(str(wanted)) + 54 <= MAX_SOCKET_PATH:
+    if len(str(wanted)) + SOCKET_NAME_CHARS <= MAX_SOCKET_PATH:
         wanted.mkdir(parents=True, exist_ok=True, mode=0o700)
         return wanted
     digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]
