@@ -6,6 +6,7 @@ README, plus a pending state file for every job, so a worker can claim at once.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import site
@@ -13,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from reconciler import trailers
@@ -64,8 +66,17 @@ def init_ledger(
     manifest_path = template / "manifest.toml"
     if not manifest_path.is_file():
         raise InitError(f"{template}: template has no manifest.toml", path=template)
+    raw = manifest_path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        load_manifest(raw, filename=str(manifest_path))  # raises ManifestError naming the line
+        raise
+    # An explicit store wins over one the template chose (it kept the template's,
+    # so `--store X` created X while workers were told the other one).
+    text = _with_fleet(text, Path(store).absolute() if store else directory.parent / "store",
+                       fleet or {}, keep_template_store=store is None)
     store = Path(store).absolute() if store else directory.parent / "store"
-    text = _with_fleet(manifest_path.read_text(encoding="utf-8"), store, fleet or {})
     loaded = load_manifest(text.encode(), filename=str(manifest_path))  # ManifestError if bad
     access = (template / "access.toml").read_bytes() if (template / "access.toml").is_file() \
         else DEFAULT_ACCESS
@@ -95,25 +106,59 @@ def init_ledger(
     return repo, sha, store
 
 
-def _with_fleet(text: str, store: Path, fleet: dict[str, float | int]) -> str:
-    """Point `[fleet] store` at the store and apply overrides, keeping comments."""
-    values = {"store": store.as_posix(), **fleet}
-    if not re.search(r"^\[fleet\]\s*$", text, re.M):
-        text = text.rstrip("\n") + "\n\n[fleet]\n"
+FLEET_HEADER = re.compile(r"^[ \t]*\[[ \t]*fleet[ \t]*\][ \t]*(#.*)?$")
+TABLE_HEADER = re.compile(r"^[ \t]*\[")
+
+
+def _with_fleet(text: str, store: Path, fleet: dict[str, float | int], *,
+                keep_template_store: bool = False) -> str:
+    """Point `[fleet] store` at the store and apply overrides, keeping comments.
+
+    Line by line within the `[fleet]` table: the regex this replaced missed a
+    header with a comment (`[fleet]  # timing`), an indented key or CRLF line
+    ends, and then added a second [fleet] or a duplicate key, so init failed
+    with a TOML error on a line the operator never wrote."""
+    try:
+        current = tomllib.loads(text).get("fleet")
+    except tomllib.TOMLDecodeError:
+        return text  # load_manifest names the line and column
+    values: dict[str, object] = dict(fleet)
+    if not (keep_template_store and isinstance(current, dict) and "store" in current):
+        values = {"store": store.as_posix(), **values}
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = text.splitlines(keepends=True)
+    header = next((i for i, line in enumerate(lines)
+                   if FLEET_HEADER.match(line.rstrip("\r\n"))), None)
+    if header is None:
+        if current is not None:
+            raise InitError("the template sets fleet values without a [fleet] table header; "
+                            "write them under [fleet] so init can set "
+                            + ", ".join(sorted(values)))
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += newline
+        lines += [newline, f"[fleet]{newline}"]
+        header = len(lines) - 1
+    end = next((j for j in range(header + 1, len(lines)) if TABLE_HEADER.match(lines[j])),
+               len(lines))
     for key, value in values.items():
-        rendered = f'"{value}"' if isinstance(value, str) else repr(value)
-        line = f"{key} = {rendered}"
-        # within [fleet]: lines up to the next table header (one starting with "[")
-        pattern = re.compile(rf"^(\[fleet\][ \t]*\n(?:(?!\[)[^\n]*\n)*?){key}[ \t]*=[^\n]*$",
-                             re.M)
-        if key == "store" and pattern.search(text):
-            continue  # the template chose a store: keep it
-        if pattern.search(text):
-            text = pattern.sub(lambda m, line=line: m.group(1) + line, text, count=1)
+        rendered = f"{key} = {_toml_value(value)}"
+        key_re = re.compile(rf"^[ \t]*{re.escape(key)}[ \t]*=")
+        hit = next((j for j in range(header + 1, end) if key_re.match(lines[j])), None)
+        if hit is not None:
+            ending = lines[hit][len(lines[hit].rstrip("\r\n")):] or newline
+            lines[hit] = rendered + ending
         else:
-            text = re.sub(r"^\[fleet\]\s*$", lambda m, line=line: f"{m.group(0)}\n{line}",
-                          text, count=1, flags=re.M)
-    return text
+            lines.insert(header + 1, rendered + newline)
+            end += 1
+    return "".join(lines)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string
+    return repr(value)
 
 
 def hook_script(name: str, python: str = sys.executable) -> str:
