@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 from reconciler.gitrepo import GitRepo
 from reconciler.state import JobState, parse_state
-from reconciler.transitions import Actor
+from reconciler.transitions import Actor, Role
 from reconciler.validate import (
     STATE_RE,
     ZERO,
+    Context,
+    Diff,
     Refused,
     author_of,
     check_commit,
@@ -34,9 +36,8 @@ class Finding:
 
 
 class Rechecker:
-    def __init__(self, repo: GitRepo, identity: str = "reconciler", window: int = 200) -> None:
+    def __init__(self, repo: GitRepo, window: int = 200) -> None:
         self.repo = repo
-        self.identity = identity
         self.window = window  # commits judged on the first pass after a start
         self.checked: str | None = None
 
@@ -47,21 +48,26 @@ class Rechecker:
         self.checked = tip
         return findings
 
-    def judge(self, commit: str) -> Finding | None:
+    def judge(self, commit: str, *, ctx: Context | None = None,
+              diffs: list[Diff] | None = None) -> Finding | None:
+        """A finding if `commit` breaks a rule on top of its first parent. `ctx`
+        (the ledger as of the parent) and `diffs` may be passed by a caller that
+        walks history and has them already (fsck --history)."""
         author, parents = author_of(self.repo, commit)
         if not parents:
             return None  # the first commit is `reconciler init`'s
-        if author == self.identity and self.repo.commit_message(commit).startswith("restore "):
-            return None  # our own undo of an illegal commit is not itself a transition
         parent = parents[0]
-        ctx = context_at(self.repo, parent)
+        ctx = ctx or context_at(self.repo, parent)
         role = ctx.access.role_of(author)
+        if role is Role.RECONCILER and \
+                self.repo.commit_message(commit).startswith("restore "):
+            return None  # a reconciler's undo of an illegal commit is not a transition
         try:
             if role is None:
                 raise Refused(f"commit {commit[:12]}: author {author!r} has no role")
             if len(parents) > 1:
                 raise Refused(f"commit {commit[:12]}: a merge commit on main")
-            check_commit(self.repo, ctx, Actor(author, role), commit, parent)
+            check_commit(self.repo, ctx, Actor(author, role), commit, parent, diffs)
         except Refused as exc:
             return Finding(commit, author, str(exc), self._restores(commit, parent))
         return None

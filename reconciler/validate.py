@@ -127,10 +127,11 @@ def check_author(author: str, pusher: Actor, access: Access, commit: str) -> Non
 
 
 def check_commit(repo: GitRepo, ctx: Context, actor: Actor, commit: str,
-                 parent: str | None) -> list[str]:
-    """Raise Refused for the first broken rule; return the transitions it makes."""
+                 parent: str | None, diffs: list[Diff] | None = None) -> list[str]:
+    """Raise Refused for the first broken rule; return the transitions it makes.
+    `diffs` (parent -> commit), when the caller already listed them (fsck)."""
     labels = []
-    diffs = diff_tree(repo, parent, commit)
+    diffs = diff_tree(repo, parent, commit) if diffs is None else diffs
     blobs = repo.read_objects(
         [d.new_sha for d in diffs if d.new_sha != ZERO]
         + [d.old_sha for d in diffs if d.old_sha != ZERO]

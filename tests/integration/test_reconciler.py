@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ledgerkit import LedgerDir, make_ledger, manifest_text
+from reconciler.cli import main
 from reconciler.state import Status
 from workerkit import Fleet, wait_for
 
@@ -18,18 +23,36 @@ pytestmark = pytest.mark.slow
 FAST = {"heartbeat_s": 0.3, "stale_after_s": 2.5, "max_attempts": 3, "prefer_cuda_grace_s": 1}
 
 
-def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str, check: bool = True) -> Result:
+    """`reconciler ARGS` in this process (a fresh interpreter per call made the
+    polling loops slow); `run` goes through `cli_proc` (it installs signal handlers)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    result = Result(code, out.getvalue(), err.getvalue())
     if check:
-        assert proc.returncode == 0, proc.stderr
+        assert code == 0, result.stderr
+    return result
+
+
+def cli_proc(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
     return proc
 
 
-def start_reconciler(led: LedgerDir) -> subprocess.Popen:
+def start_reconciler(led: LedgerDir, *extra: str) -> subprocess.Popen:
     log = (led.root / "reconciler.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--ledger", led.url,
-                             "--state-dir", str(led.root / "rec")], stdout=log,
+                             "--state-dir", str(led.root / "rec"), *extra], stdout=log,
                             stderr=subprocess.STDOUT)
 
 
@@ -40,6 +63,35 @@ def stop(proc: subprocess.Popen) -> None:
 
 def status(led: LedgerDir) -> dict:
     return json.loads(cli("status", "--ledger", led.url, "--json").stdout)
+
+
+def forge(led: LedgerDir, who: str, change) -> None:
+    """Commit `change(old_state) -> new_state` for the only job in the ledger
+    (or the job named by `change.job`), as `who`, through the ledger layer."""
+    from reconciler import trailers
+    from reconciler.ledger import Ledger, Proposal
+
+    ledger = Ledger(led.url, led.root / f"forge-{who}.git", who)
+
+    def build(snap):
+        old = next(s for s in snap.states.values()
+                   if s.name == getattr(change, "job", s.name))
+        new = change(old)
+        return Proposal.of_states([new], [trailers.Change(
+            old.job_id, old.name, new.attempt, f"{old.status.value}->{new.status.value}",
+            "forged")])
+
+    try:
+        ledger.write(build)
+    finally:
+        ledger.close()
+
+
+def claim_by(worker: str):
+    def change(old):
+        return old.model_copy(update={"status": Status.CLAIMED, "holder": worker,
+                                      "attempt": old.attempt + 1})
+    return change
 
 
 def operator_commit(led: LedgerDir, clone: Path, text: str) -> None:
@@ -80,6 +132,64 @@ def test_sigkilled_worker_is_swept_and_another_completes_the_job(tmp_path: Path)
     assert "no sign of life from alpha" in sweep
 
 
+def test_once_creates_new_jobs_and_applies_a_manifest_cancel(tmp_path: Path) -> None:
+    # Given a job claimed by a worker, when the operator cancels it in the manifest
+    # and adds another job, then one reconciler pass makes one commit for both.
+    jobs = [{"name": "one", "seed": 1}]
+    led = make_ledger(tmp_path, jobs=jobs, fleet=FAST)
+    forge(led, "alpha", claim_by("alpha"))
+    operator_commit(led, tmp_path / "clone", manifest_text(
+        [{"name": "one", "seed": 1, "cancel": True}, {"name": "two", "seed": 2}], FAST))
+    cli_proc("run", "--once", "--ledger", led.url, "--state-dir", str(tmp_path / "rec"))
+    jobs_now = {j["name"]: j for j in status(led)["jobs"]}
+    assert jobs_now["one"]["status"] == "cancelled" and jobs_now["one"]["holder"] is None
+    assert jobs_now["two"]["status"] == "pending" and jobs_now["two"]["attempt"] == 0
+    last = [t for t in led.transitions() if t[4] == "reconciler"][-2:]
+    assert [(t[3]) for t in last] == ["claimed->cancelled", "new->pending"]
+    assert last[0][0] == last[1][0]  # one commit
+    body = led.git("log", "-1", "--format=%B", "main")
+    assert "one: cancel = true in the manifest" in body
+    # nothing left to do: a second pass writes nothing
+    head = led.git("rev-parse", "main")
+    cli_proc("run", "--once", "--ledger", led.url, "--state-dir", str(tmp_path / "rec"))
+    assert led.git("rev-parse", "main") == head
+
+
+def test_a_claim_with_no_heartbeat_is_swept_after_stale_after_s(tmp_path: Path) -> None:
+    led = make_ledger(tmp_path, jobs=[{"name": "one", "seed": 1}], fleet=FAST)
+    rec = start_reconciler(led)
+    try:
+        wait_for(lambda: status(led)["reconciler"], what="the first pass")
+        forge(led, "ghost", claim_by("ghost"))
+        claimed_at = time.monotonic()
+        wait_for(lambda: status(led)["jobs"][0]["status"] == "pending", timeout=30,
+                 what="the sweep")
+        assert time.monotonic() - claimed_at >= FAST["stale_after_s"]  # never early
+    finally:
+        stop(rec)
+    trail = [(t[3], t[4]) for t in led.transitions()[1:]]
+    assert trail == [("pending->claimed", "ghost"), ("claimed->pending", "reconciler")]
+    sweep = led.git("log", "-1", "--format=%B", "main")
+    assert "swept: no sign of life from ghost" in sweep and "1 of 3 claims lost" in sweep
+    job = status(led)["jobs"][0]
+    assert job["lost"] == 1 and job["attempt"] == 1 and "ghost" in job["last_error"]
+
+
+def test_a_push_wakes_the_daemon_without_waiting_for_its_tick(tmp_path: Path) -> None:
+    jobs = [{"name": "one", "seed": 1}]
+    led = make_ledger(tmp_path, jobs=jobs, fleet=FAST)
+    rec = start_reconciler(led, "--tick-s", "120")
+    try:
+        wait_for(lambda: status(led)["reconciler"], what="the first pass")
+        operator_commit(led, tmp_path / "clone",
+                        manifest_text([*jobs, {"name": "two", "seed": 2}], FAST))
+        # the tick is two minutes away: only the watch on refs/ can explain this
+        wait_for(lambda: len(status(led)["jobs"]) == 2, timeout=15, every=0.2,
+                 what="the watchdog-triggered pass")
+    finally:
+        stop(rec)
+
+
 def test_broken_manifest_is_reported_and_the_fleet_keeps_working(tmp_path: Path) -> None:
     # A ledger hosted where hooks cannot run: the reconciler is the only guard.
     jobs = [{"name": "one", "seed": 1}]
@@ -94,13 +204,21 @@ def test_broken_manifest_is_reported_and_the_fleet_keeps_working(tmp_path: Path)
         rep = wait_for(lambda: ((status(led)["reconciler"] or {}).get("report") or {})
                        .get("manifest_error_commit"), what="the report")
         assert rep == led.git("rev-parse", "main").strip()
-        # the fleet keeps working on the last valid manifest
+        # the reconciler keeps acting on the last valid manifest: a silent claim is swept
+        forge(led, "ghost", claim_by("ghost"))
+        wait_for(lambda: status(led)["jobs"][0]["lost"] == 1, timeout=30,
+                 what="a sweep under the broken manifest")
+        # and the fleet keeps working
         w = Fleet(led.url, tmp_path, led.store).start_worker("alpha", "--exit-when-idle")
         assert w.wait(60) == 0, w.text()
         # and the fix is picked up at once: the new job gets its state
         operator_commit(led, clone, good)
         wait_for(lambda: len(status(led)["jobs"]) == 2, what="the new job's state")
-        assert status(led)["manifest_error"] is None
+        doc = status(led)
+        assert doc["manifest_error"] is None
+        report = wait_for(lambda: (r := status(led)["reconciler"]["report"])
+                          and r["manifest_error"] is None and r, what="the report to clear")
+        assert report["applied_revision"] == report["attempted_revision"]
     finally:
         stop(rec)
 
@@ -114,52 +232,60 @@ def test_status_json_contract_from_a_fresh_clone_without_daemon(tmp_path: Path) 
     mirror = tmp_path / "mirror.git"
     subprocess.run(["git", "clone", "-q", "--mirror", led.url, str(mirror)], check=True)
     doc = json.loads(cli("status", "--ledger", str(mirror), "--json").stdout)
-    assert set(doc) >= {"revision", "manifest_error", "jobs", "workers"}
+    assert set(doc) >= {"revision", "manifest_error", "jobs", "workers", "counts",
+                        "unschedulable", "reconciler"}
+    assert doc["revision"] == led.git("rev-parse", "main").strip()
+    assert doc["manifest_error"] is None and doc["reconciler"] is None
     jobs = {j["name"]: j for j in doc["jobs"]}
     for job in jobs.values():
         assert set(job) >= {"job_id", "name", "model", "status", "attempt", "holder",
                             "artifact", "last_error"}
     assert jobs["x"]["status"] == "completed" and set(jobs["x"]["artifact"]) == {"sha256", "size"}
+    assert jobs["x"]["model"] == "quick" and jobs["x"]["attempt"] == 1
+    assert doc["counts"]["completed"] == 1 and doc["counts"]["pending"] == 1
     assert [w["name"] for w in doc["workers"]] == ["alpha"]
-    assert set(doc["workers"][0]) >= {"name", "last_seen_s", "jobs"}
-    assert doc["unschedulable"][0]["reasons"] == ["no worker with CUDA"]
+    assert set(doc["workers"][0]) >= {"name", "last_seen_s", "jobs", "cpu_cores",
+                                      "ram_total_gib", "gpus"}
+    assert isinstance(doc["workers"][0]["last_seen_s"], float)
+    assert doc["unschedulable"] == [{"job_id": jobs["gpu"]["job_id"], "name": "gpu",
+                                     "reasons": ["no worker with CUDA"]}]
+    text = cli("status", "--ledger", str(mirror)).stdout
+    assert "gpu: no worker with CUDA" in text and "reconciler: never seen" in text
 
 
 def test_cancel_and_requeue_commands(tmp_path: Path) -> None:
-    led = make_ledger(tmp_path, jobs=[{"name": "x", "seed": 1}], fleet=FAST)
+    led = make_ledger(tmp_path, jobs=[{"name": "x", "seed": 1}, {"name": "y", "seed": 2}],
+                      fleet=FAST)
     out = cli("cancel", "x", "--ledger", led.url).stdout
     assert "cancelled" in out
     again = cli("cancel", "x", "--ledger", led.url, check=False)
     assert again.returncode == 1 and "already cancelled" in again.stderr
-    cli("requeue", "x", "--ledger", led.url)
+    job_id = status(led)["jobs"][0]["job_id"]
+    cli("requeue", job_id[:6], "--ledger", led.url)  # a unique id prefix
     assert status(led)["jobs"][0]["status"] == "pending"
     refused = cli("cancel", "x", "--ledger", led.url, "--as", "alpha", check=False)
     assert refused.returncode == 1 and "refused" in refused.stderr
+    unknown = cli("cancel", "nope", "--ledger", led.url, check=False)
+    assert unknown.returncode == 1 and "no job matches 'nope'" in unknown.stderr
     log = json.loads(cli("log", "x", "--ledger", led.url, "--json").stdout)
     assert [r["transition"] for r in log][:2] == ["cancelled->pending", "pending->cancelled"]
-    assert cli("fsck", "--ledger", led.url, "--history").returncode == 0
+    assert [r["actor"] for r in log][:2] == ["operator", "operator"]
+    show = json.loads(cli("show", "x", "--ledger", led.url, "--json").stdout)
+    assert show["state"]["status"] == "pending" and show["spec"]["name"] == "x"
+    assert show["history"][0]["transition"] == "cancelled->pending"
+    trailers = led.git("log", "-2", "--format=%(trailers:key=Ledger-Transition,valueonly)",
+                       "main").split()
+    assert trailers == ["cancelled->pending", "pending->cancelled"]
 
 
 def test_an_illegal_commit_on_a_hookless_ledger_is_reported_and_undone(tmp_path: Path) -> None:
-    from reconciler import trailers
-    from reconciler.ledger import Ledger, Proposal
-
     led = make_ledger(tmp_path, jobs=[{"name": "x", "seed": 1}], fleet=FAST, hooks=False)
     rec = start_reconciler(led)
     try:
         wait_for(lambda: status(led)["reconciler"], what="the first pass")
         # a worker marks a job it never claimed as completed: no hook stops it here
-        rogue = Ledger(led.url, tmp_path / "rogue.git", "mallory")
-
-        def forge(snap):
-            old = next(iter(snap.states.values()))
-            new = old.model_copy(update={"status": Status.COMPLETED,
-                                         "artifact": {"sha256": "f" * 64, "size": 1}})
-            return Proposal.of_states([new], [trailers.Change(
-                old.job_id, old.name, 0, "pending->completed", "complete")])
-
-        rogue.write(forge)
-        rogue.close()
+        forge(led, "mallory", lambda old: old.model_copy(update={
+            "status": Status.COMPLETED, "artifact": {"sha256": "f" * 64, "size": 1}}))
         doc = wait_for(lambda: (d := status(led)) and d["jobs"][0]["status"] == "pending" and d,
                        timeout=30, what="the restore")
         report = wait_for(lambda: (status(led)["reconciler"]["report"] or {}).get("findings"),
@@ -179,7 +305,6 @@ def test_a_worker_with_a_skewed_clock_is_neither_swept_early_nor_kept_late(
     heartbeat sent_at) hours off; the reconciler judges on its own clock."""
     import random
     import threading
-    import time
 
     from reconciler.ledger import Ledger
     from reconciler.schema import Capability
@@ -187,7 +312,7 @@ def test_a_worker_with_a_skewed_clock_is_neither_swept_early_nor_kept_late(
     from worker.daemon import Worker, WorkerConfig
     from workerkit import CPU_CAPABILITY
 
-    led = make_ledger(tmp_path, jobs=[{"name": "long", "hyper": {"seconds": 7}}], fleet=FAST)
+    led = make_ledger(tmp_path, jobs=[{"name": "long", "hyper": {"seconds": 5}}], fleet=FAST)
     fleet = Fleet(led.url, tmp_path, led.store)
 
     def skewed() -> float:
@@ -211,21 +336,8 @@ def test_a_worker_with_a_skewed_clock_is_neither_swept_early_nor_kept_late(
         stamp = int(led.git("log", "-1", "--format=%ct", "main"))
         assert abs(stamp - (time.time() + skew_h * 3600)) < 120
         # not kept alive late: its (future or past) last beat does not hold a new claim
-        requeue = cli("requeue", "long", "--ledger", led.url)
-        assert requeue.returncode == 0
-        forged = Ledger(led.url, tmp_path / "forge.git", "skewed", clock=skewed)
-        from reconciler import trailers
-        from reconciler.ledger import Proposal
-
-        def claim(snap):
-            old = next(iter(snap.states.values()))
-            new = old.model_copy(update={"status": Status.CLAIMED, "holder": "skewed",
-                                         "attempt": old.attempt + 1})
-            return Proposal.of_states([new], [trailers.Change(
-                old.job_id, old.name, new.attempt, "pending->claimed", "claim")])
-
-        forged.write(claim)
-        forged.close()
+        cli("requeue", "long", "--ledger", led.url)
+        forge(led, "skewed", claim_by("skewed"))
         wait_for(lambda: next(iter(fleet.states().values())).status is Status.PENDING,
                  timeout=FAST["stale_after_s"] * 8, what="the sweep of the silent claim")
     finally:
