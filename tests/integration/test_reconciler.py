@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,11 +51,11 @@ def cli_proc(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def start_reconciler(led: LedgerDir, *extra: str) -> subprocess.Popen:
+def start_reconciler(led: LedgerDir, *extra: str, env: dict | None = None) -> subprocess.Popen:
     log = (led.root / "reconciler.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--ledger", led.url,
                              "--state-dir", str(led.root / "rec"), *extra], stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -101,7 +103,7 @@ def operator_commit(led: LedgerDir, clone: Path, text: str) -> None:
     (clone / "manifest.toml").write_text(text)
     subprocess.run(["git", "-C", str(clone), "commit", "-qam", "edit manifest"], check=True)
     subprocess.run(["git", "-C", str(clone), "pull", "-q", "--rebase"], check=True)
-    env = {**__import__("os").environ, "TRAINLEDGER_IDENTITY": "operator"}
+    env = {**os.environ, "TRAINLEDGER_IDENTITY": "operator"}
     subprocess.run(["git", "-C", str(clone), "push", "-q", "origin", "HEAD:main"], check=True,
                    env=env)
 
@@ -178,16 +180,30 @@ def test_a_claim_with_no_heartbeat_is_swept_after_stale_after_s(tmp_path: Path) 
 def test_a_push_wakes_the_daemon_without_waiting_for_its_tick(tmp_path: Path) -> None:
     jobs = [{"name": "one", "seed": 1}]
     led = make_ledger(tmp_path, jobs=jobs, fleet=FAST)
-    rec = start_reconciler(led, "--tick-s", "120")
+    # systemd's notify socket: READY, WATCHDOG pings while it waits, STOPPING
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(30)
+    rec = start_reconciler(led, "--tick-s", "120", env={
+        "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"})
     try:
+        assert sock.recv(64) == b"READY=1"
         wait_for(lambda: status(led)["reconciler"], what="the first pass")
         operator_commit(led, tmp_path / "clone",
                         manifest_text([*jobs, {"name": "two", "seed": 2}], FAST))
         # the tick is two minutes away: only the watch on refs/ can explain this
         wait_for(lambda: len(status(led)["jobs"]) == 2, timeout=15, every=0.2,
                  what="the watchdog-triggered pass")
+        assert sock.recv(64) == b"WATCHDOG=1"
     finally:
         stop(rec)
+    messages = []
+    with contextlib.suppress(TimeoutError):
+        sock.settimeout(0.5)
+        while True:
+            messages.append(sock.recv(64))
+    sock.close()
+    assert messages[-1] == b"STOPPING=1"
 
 
 def test_broken_manifest_is_reported_and_the_fleet_keeps_working(tmp_path: Path) -> None:
