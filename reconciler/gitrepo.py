@@ -109,7 +109,7 @@ class CatFile:
                     if not header:
                         raise GitError(f"git cat-file died reading {self._repo}")
                     parts = header.split()
-                    if len(parts) == 2 and parts[1] == b"missing":
+                    if len(parts) != 3:  # "<name> missing", "<name> ambiguous": no content
                         out.append(None)
                         continue
                     sha, kind, size = parts[0].decode(), parts[1].decode(), int(parts[2])
