@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -377,4 +378,16 @@ def test_object_writes_match_git_and_survive_a_concurrent_gc(tmp_path: Path) -> 
     assert fsck.returncode == 0, fsck.stderr
     leftovers = [p for p in (repo.path / "objects").rglob("tmp_obj_*")]
     assert leftovers == []
+    repo.close()
+
+
+def test_a_batch_with_missing_and_ambiguous_names_reads_the_rest(tmp_path: Path) -> None:
+    repo = GitRepo.init_bare(tmp_path / "r.git")
+    shas = [repo.write_object("blob", f"{i}\n".encode()) for i in range(2000)]
+    ambiguous = next(p for p, n in Counter(s[:4] for s in shas).items() if n > 1)
+    missing = "0" * 40
+    found = repo.read_objects([missing, ambiguous, shas[7], shas[8]])
+    assert found == {missing: None, ambiguous: None, shas[7]: ("blob", b"7\n"),
+                     shas[8]: ("blob", b"8\n")}
+    assert repo.read_blob(shas[9]) == b"9\n"  # the same reader, still in step
     repo.close()
