@@ -220,6 +220,14 @@ def test_a_symlinked_state_file(ledger: LedgerDir) -> None:
     refused(a, f"{relative}: a symlink may not enter the ledger")
 
 
+def test_an_executable_state_file(ledger: LedgerDir) -> None:
+    a = Clone(ledger, "alpha")
+    relative = a.state("job-000").path
+    a.git("update-index", "--chmod=+x", relative)
+    a.git("commit", "-q", "-m", "chmod")
+    refused(a, f"{relative}: a mode 100755 may not enter the ledger")
+
+
 def test_a_submodule_entry(ledger: LedgerDir) -> None:
     op = Clone(ledger, "operator")
     head = op.git("rev-parse", "HEAD").stdout.strip()
@@ -308,6 +316,12 @@ def test_author_reconciler_pushed_by_a_worker(ledger: LedgerDir) -> None:
     a = Clone(ledger, "alpha", author="reconciler")
     a.change("job-000", status=Status.CLAIMED, attempt=1, holder="alpha")
     refused(a, "author 'reconciler' is not the pusher 'alpha'")
+
+
+def test_an_operator_signing_as_the_reconciler(ledger: LedgerDir) -> None:
+    op = Clone(ledger, "operator", author="reconciler")
+    op.change("job-000", status=Status.CANCELLED)
+    refused(op, "author 'reconciler' is not the pusher 'operator'")
 
 
 @pytest.mark.parametrize("ref", ["refs/heads/other", "refs/tags/v1", "refs/notes/commits",
