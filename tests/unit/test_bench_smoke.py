@@ -114,7 +114,7 @@ def test_report_renders_every_row_and_misses() -> None:
                                               "sqlite": "3", "zstandard": "0.25"},
                "rows": [ok.to_json(), miss.to_json(), broken.to_json()]}
     text = report.render_docs(results)
-    assert "| P1 | ratio <= 2 | 1.25 | pass |" in text
+    assert "| P1 | ratio <= 2 | 1.25 | 0.62x | pass |" in text
     assert "**MISS**" in text and "per tick" in text
     assert "P3 did not run to the end" in text
     assert "MISS" in report.table(results)
