@@ -50,6 +50,8 @@ def check_sha(sha256: object) -> str:
 
 
 class Store(Protocol):
+    """What the worker, fetch-artifact and fsck need, whether local or over ssh."""
+
     def put(self, sha256: str, src: BinaryIO) -> Artifact: ...
     def put_file(self, path: Path) -> Artifact: ...
     def has(self, sha256: str) -> bool: ...
@@ -130,6 +132,7 @@ class _Common:
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
+    """(sha256, size) of a file, streamed, never through a link."""
     digest, size = hashlib.sha256(), 0
     with _open_nofollow(path) as f:
         while chunk := f.read(CHUNK):
