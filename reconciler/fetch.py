@@ -97,7 +97,7 @@ def fetch_artifact(ledger_url: str, job: str, dest: Path, store_url: str | None,
     with tempfile.TemporaryDirectory(prefix="fetch-", dir=state_dir) as tmp:
         bundle = download(store, art.sha256, art.size, Path(tmp))
         try:
-            members = unpack(bundle, dest, **(caps or {}))
+            members = len(unpack(bundle, dest, **(caps or {})))
         except BaseException:
             _clear(dest, existed)
             raise

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from reconciler import trailers
 from reconciler.eligibility import choose_device, pick, reasons
-from reconciler.errors import LedgerError, LostRace, StoreError
+from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
 from reconciler.identity import JobSpec
 from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
 from reconciler.manifest import LoadedManifest
@@ -329,6 +329,10 @@ class Worker:
     def _finish_completed(self, run: TrainerRun) -> None:
         try:
             artifact = self._put_with_retries(run)
+        except BundleError as exc:  # the trainer's own outputs are unsafe: its failure
+            event("bundle-refused", job=run.spec.name, attempt=run.attempt, error=repr(str(exc)))
+            self._finish_failed(run, f"outputs cannot be bundled: {exc}")
+            return
         except StoreError as exc:
             self._store_failed(run, exc)
             return

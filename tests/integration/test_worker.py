@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ledgerkit import make_ledger
+from ledgerkit import make_ledger, manifest_text
 from reconciler import trailers
 from reconciler.ledger import Ledger, Proposal
 from reconciler.schema import TERMINAL, Status
@@ -44,14 +45,23 @@ def operator_write(fleet: Fleet, job_name: str, change) -> None:
 
 
 def test_two_workers_complete_twenty_jobs_exactly_once(tmp_path: Path) -> None:
-    # Given 20 quick jobs and two workers
-    fleet = fleet_of(tmp_path, [{"name": f"job-{i:02d}", "seed": i,
-                                 "hyper": {"seconds": 0.3}} for i in range(20)])
-    a = fleet.start_worker("alpha", "--exit-when-idle")
-    b = fleet.start_worker("beta", "--exit-when-idle")
-    # When they run until idle
-    assert a.wait(180) == 0, a.text()
-    assert b.wait(180) == 0, b.text()
+    # Given 20 quick jobs, held back (allowed_hosts is not part of a job's identity)
+    # until both workers are up, so a slow start cannot leave one of them idle
+    specs = [{"name": f"job-{i:02d}", "seed": i, "hyper": {"seconds": 0.3}} for i in range(20)]
+    fleet = fleet_of(tmp_path, [{**s, "allowed_hosts": ["gate"]} for s in specs])
+    a = fleet.start_worker("alpha")
+    b = fleet.start_worker("beta")
+    try:
+        wait_for(lambda: len(git_refs(fleet.url, "refs/heartbeats/")) == 2,
+                 what="both workers' first heartbeat")
+        # When the operator opens the jobs to everyone
+        push_manifest(fleet.url, tmp_path / "op", manifest_text(specs))
+        wait_for(lambda: all(s.status is Status.COMPLETED for s in fleet.states().values()),
+                 timeout=180, every=0.5, what="every job to complete")
+    finally:
+        a.stop()
+        b.stop()
+    assert a.proc.returncode == 0 and b.proc.returncode == 0, a.text() + b.text()
     # Then every job completed exactly once, and both workers trained some
     states = fleet.states()
     assert len(states) == 20
@@ -65,6 +75,21 @@ def test_two_workers_complete_twenty_jobs_exactly_once(tmp_path: Path) -> None:
         bundle = fleet.store / "sha256" / state.artifact.sha256[:2] / \
             f"{state.artifact.sha256}.tar.zst"
         assert bundle.stat().st_size == state.artifact.size
+
+
+def git_refs(url: str, prefix: str) -> list[str]:
+    out = subprocess.run(["git", "-C", url, "for-each-ref", "--format=%(refname)", prefix],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def push_manifest(url: str, clone: Path, text: str) -> None:
+    """An operator's plain `git commit` + `git push` of the manifest."""
+    subprocess.run(["git", "clone", "-q", url, str(clone)], check=True)
+    (clone / "manifest.toml").write_text(text)
+    subprocess.run(["git", "-C", str(clone), "commit", "-qam", "open the jobs"], check=True)
+    subprocess.run(["git", "-C", str(clone), "push", "-q", "origin", "HEAD:main"], check=True,
+                   env={**os.environ, "TRAINLEDGER_IDENTITY": "operator"})
 
 
 def make_ledger_history(fleet: Fleet):
