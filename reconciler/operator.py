@@ -53,10 +53,14 @@ def operate(url: str, job: str, change, meaning: str, identity: str) -> JobState
     def build(snap: Snapshot) -> Proposal:
         names = {i: s.name for i, s in (snap.manifest.specs.items() if snap.manifest else [])}
         old = resolve_job(snap.states, names, job)
-        if meaning == "requeue" and snap.manifest and old.job_id in snap.manifest.specs \
-                and snap.manifest.specs[old.job_id].cancel:
-            raise LedgerError(f"job {old.name} has cancel = true in the manifest; remove it "
-                              "there first, or the reconciler cancels it again")
+        if meaning == "requeue" and snap.manifest is not None:
+            spec = snap.manifest.specs.get(old.job_id)
+            if spec is None:
+                raise LedgerError(f"job {old.name} ({old.job_id}) is no longer in the manifest: "
+                                  "no worker could run it (add it back first)")
+            if spec.cancel:
+                raise LedgerError(f"job {old.name} has cancel = true in the manifest; remove "
+                                  "it there first, or the reconciler cancels it again")
         new = change(old)
         result[:] = [new]
         return Proposal.of_states([new], [trailers.Change(

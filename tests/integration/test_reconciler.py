@@ -292,6 +292,11 @@ def test_cancel_and_requeue_commands(tmp_path: Path) -> None:
     trailers = led.git("log", "-2", "--format=%(trailers:key=Ledger-Transition,valueonly)",
                        "main").split()
     assert trailers == ["cancelled->pending", "pending->cancelled"]
+    # a job dropped from the manifest is not requeued: no worker could run it
+    cli("cancel", "y", "--ledger", led.url)
+    operator_commit(led, tmp_path / "clone", manifest_text([{"name": "x", "seed": 1}], FAST))
+    orphan = cli("requeue", "y", "--ledger", led.url, check=False)
+    assert orphan.returncode == 1 and "no longer in the manifest" in orphan.stderr
 
 
 def test_an_illegal_commit_on_a_hookless_ledger_is_reported_and_undone(tmp_path: Path) -> None:
