@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import LedgerDir, make_ledger
+from reconciler.init import install_hooks
 from reconciler.state import JobState, Status
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -245,6 +246,26 @@ def test_a_path_outside_manifest_and_state(ledger: LedgerDir, path: str) -> None
     op.commit(f"add {path}")
     refused(op, f"{path}: only manifest.toml, access.toml, README.md and "
                 "state/<aa>/<job_id>.json may exist")
+
+
+def test_a_stray_path_from_a_hookless_past_may_be_removed_by_an_operator(tmp_path: Path
+                                                                         ) -> None:
+    led = make_ledger(tmp_path, jobs=1, hooks=False)
+    op = Clone(led, "operator")
+    (op.path / "junk.txt").write_text("got in while the hook was off\n")
+    os.symlink("manifest.toml", op.path / "link")
+    op.commit("junk")
+    accepted(op)
+    install_hooks(led.path)
+    a = Clone(led, "alpha")
+    a.git("rm", "-q", "junk.txt")
+    a.commit("tidy")
+    refused(a, "junk.txt: only manifest.toml")
+    op.git("rm", "-q", "junk.txt", "link")
+    op.commit("remove what the hook would have refused")
+    accepted(op)
+    assert led.git("ls-tree", "--name-only", "main").split() == [
+        "access.toml", "manifest.toml", "state"]
 
 
 def test_an_id_and_path_mismatch(ledger: LedgerDir) -> None:
