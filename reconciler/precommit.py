@@ -10,7 +10,8 @@ def main() -> int:
     from reconciler.errors import ManifestError
     from reconciler.manifest import load_manifest
 
-    staged = subprocess.run(["git", "diff", "--cached", "--name-only", "-z"],
+    # --no-renames: a rename away from manifest.toml lists only the new name
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only", "--no-renames", "-z"],
                             capture_output=True, check=True).stdout.split(b"\0")
     if b"manifest.toml" not in staged:
         return 0
