@@ -139,3 +139,7 @@ def test_the_pre_commit_hook_refuses_a_bad_staged_manifest(tmp_path: Path) -> No
     git(clone, "rm", "-q", "manifest.toml")
     gone = git(clone, "commit", "-m", "delete it", check=False)
     assert gone.returncode != 0 and "staged for deletion" in gone.stderr
+    git(clone, "reset", "-q", "--hard")
+    git(clone, "mv", "manifest.toml", "manifest.old")
+    moved = git(clone, "commit", "-m", "move it away", check=False)
+    assert moved.returncode != 0 and "staged for deletion" in moved.stderr
