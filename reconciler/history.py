@@ -11,7 +11,7 @@ from reconciler import trailers
 from reconciler.cli import add_ledger_arg
 from reconciler.jobref import resolve_job
 from reconciler.ledger import CACHED_MAIN, Ledger
-from reconciler.status import cache_for
+from reconciler.status import cached_ledger
 
 
 def history(ledger: Ledger, path: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
@@ -38,23 +38,15 @@ def history(ledger: Ledger, path: str | None = None, limit: int = 200) -> list[d
     return rows
 
 
-def _open(url: str) -> Ledger:
-    ledger = Ledger(url, cache_for(url, "status"), "status")
-    ledger.fetch()
-    return ledger
-
-
 def cmd_log(args: argparse.Namespace) -> int:
-    ledger = _open(args.ledger)
-    try:
+    with cached_ledger(args.ledger, "status") as ledger:
+        ledger.fetch()
         path = None
         if args.job:
             snap = ledger.snapshot()
             names = {i: s.name for i, s in (snap.manifest.specs.items() if snap.manifest else [])}
             path = resolve_job(snap.states, names, args.job).path
         rows = history(ledger, path, args.limit)
-    finally:
-        ledger.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -66,8 +58,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    ledger = _open(args.ledger)
-    try:
+    with cached_ledger(args.ledger, "status") as ledger:
+        ledger.fetch()
         snap = ledger.snapshot()
         specs = snap.manifest.specs if snap.manifest else {}
         state = resolve_job(snap.states, {i: s.name for i, s in specs.items()}, args.job)
@@ -78,8 +70,6 @@ def cmd_show(args: argparse.Namespace) -> int:
                         "min_vram_gib": spec.min_vram_gib, "min_ram_gib": spec.min_ram_gib}
                if spec else None,
                "history": history(ledger, state.path)}
-    finally:
-        ledger.close()
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0

@@ -423,6 +423,11 @@ class Ledger:
 
     # ------------------------------------------------------- parse cache (P4)
 
+    @property
+    def parsed_revision(self) -> str | None:
+        """The revision of the last snapshot (what save_parsed would save)."""
+        return self._index.rev if self._index is not None else None
+
     def save_parsed(self, path: Path) -> None:
         """Persist what snapshot() has parsed, so a short-lived reader in a new
         process (`reconciler status`) parses only what changed since (bench P4)."""

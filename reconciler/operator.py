@@ -14,9 +14,9 @@ from reconciler import trailers
 from reconciler.cli import add_ledger_arg
 from reconciler.errors import LedgerError
 from reconciler.jobref import resolve_job
-from reconciler.ledger import Ledger, Proposal, Snapshot
+from reconciler.ledger import Proposal, Snapshot
 from reconciler.state import TERMINAL, JobState, Status
-from reconciler.status import cache_for
+from reconciler.status import cached_ledger
 
 
 def operator_identity(explicit: str | None = None) -> str:
@@ -47,7 +47,6 @@ def requeued(state: JobState) -> JobState:
 
 
 def operate(url: str, job: str, change, meaning: str, identity: str) -> JobState:
-    ledger = Ledger(url, cache_for(url, f"operator-{identity}"), identity)
     result: list[JobState] = []
 
     def build(snap: Snapshot) -> Proposal:
@@ -67,10 +66,8 @@ def operate(url: str, job: str, change, meaning: str, identity: str) -> JobState
             old.job_id, old.name, old.attempt, f"{old.status.value}->{new.status.value}",
             meaning)])
 
-    try:
+    with cached_ledger(url, f"operator-{identity}", identity) as ledger:
         ledger.write(build)
-    finally:
-        ledger.close()
     return result[0]
 
 
