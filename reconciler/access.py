@@ -78,8 +78,14 @@ def load_access(data: bytes | None, filename: str = "access.toml") -> Access:
     if unknown:
         raise AccessDenied(f"{filename}: field {unknown[0]!r}: unknown field")
     defaults = Access()
+    operators = _names(raw, "operators", filename)
+    reconcilers = _names(raw, "reconcilers", filename)
+    for key, names in (("operators", operators), ("reconcilers", reconcilers)):
+        if names == []:  # was silently read as the default list
+            raise AccessDenied(f"{filename}: field {key!r}: name at least one, or leave it "
+                               f"out for the default {getattr(defaults, key)}")
     return Access(
-        operators=_names(raw, "operators", filename) or defaults.operators,
-        reconcilers=_names(raw, "reconcilers", filename) or defaults.reconcilers,
+        operators=operators or defaults.operators,
+        reconcilers=reconcilers or defaults.reconcilers,
         workers=_names(raw, "workers", filename),
     )
