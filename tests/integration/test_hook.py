@@ -369,6 +369,21 @@ def test_a_pusher_without_identity_or_role(ledger: LedgerDir) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ('operators = "alice"\n', "field 'operators': expected a list of names"),
+    ('operators = ["al ice"]\n', "field 'operators': 'al ice' is not a valid name"),
+    ("operators = []\n", "field 'operators': name at least one"),
+    ('admins = ["alice"]\n', "field 'admins': unknown field"),
+    ("operators = [\n", "access.toml: "),
+])
+def test_an_invalid_access_toml_from_the_operator(ledger: LedgerDir, text: str,
+                                                  expected: str) -> None:
+    op = Clone(ledger, "operator")
+    (op.path / "access.toml").write_text(text)
+    op.commit("access")
+    refused(op, "access.toml", expected)
+
+
 def test_an_identity_that_access_toml_does_not_know(ledger: LedgerDir) -> None:
     op = Clone(ledger, "operator")
     (op.path / "access.toml").write_text('operators = ["operator"]\nworkers = ["alpha"]\n')
