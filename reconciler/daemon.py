@@ -91,7 +91,7 @@ class Reconciler:
         self.obs = Observations(started_at=clock())
         self.manifest: LoadedManifest | None = None
         self.report = Report()
-        self.recheck = Rechecker(ledger.repo, ledger.identity) \
+        self.recheck = Rechecker(ledger.repo) \
             if recheck_needed(ledger.url) else None
         self.restores: dict[str, tuple[JobState, JobState, str]] = {}
         self.due_at: float | None = None  # next time rule deadline, on our clock
