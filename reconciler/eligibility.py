@@ -22,7 +22,7 @@ Decisions where the manifest is silent:
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -140,20 +140,76 @@ def pick(candidates: list[JobSpec], slots: int, rng: random.Random) -> list[JobS
     no lower-priority job is picked while a higher one is left over.
     The order returned is the claim order (priority desc, then manifest order).
     """
-    if slots <= 0 or not candidates:
-        return []
-    ranked = sorted(candidates, key=lambda s: (-s.priority, s.index))
-    chosen: list[JobSpec] = []
-    start = 0
-    while start < len(ranked) and len(chosen) < slots:
-        end = start
-        while end < len(ranked) and ranked[end].priority == ranked[start].priority:
-            end += 1
-        tier = ranked[start:end]
-        taken = rng.sample(tier, min(slots - len(chosen), len(tier)))
-        chosen += sorted(taken, key=lambda s: s.index)
-        start = end
-    return chosen
+    return EligibleJobs(candidates).pick(slots, rng)
+
+
+class EligibleJobs:
+    """The jobs a worker may claim, kept across polls and changed job by job, so
+    that choosing costs O(slots + priorities), not O(jobs): a worker on a
+    100,000-job ledger must not sort them all to claim one (bench P4)."""
+
+    def __init__(self, specs: Iterable[JobSpec] = ()) -> None:
+        self._tiers: dict[int, _Bag] = {}
+        self._priority: dict[str, int] = {}
+        for spec in specs:
+            self.add(spec)
+
+    def __len__(self) -> int:
+        return len(self._priority)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._priority
+
+    def add(self, spec: JobSpec) -> None:
+        self.discard(spec.job_id)
+        self._priority[spec.job_id] = spec.priority
+        self._tiers.setdefault(spec.priority, _Bag()).add(spec)
+
+    def discard(self, job_id: str) -> None:
+        priority = self._priority.pop(job_id, None)
+        if priority is not None:
+            tier = self._tiers[priority]
+            tier.discard(job_id)
+            if not tier.items:
+                del self._tiers[priority]
+
+    def pick(self, slots: int, rng: random.Random,
+             skip: Collection[str] = frozenset()) -> list[JobSpec]:
+        """pick()'s choice over this set, leaving out the ids in `skip` (what this
+        worker already runs)."""
+        chosen: list[JobSpec] = []
+        for priority in sorted(self._tiers, reverse=True):
+            need = slots - len(chosen)
+            if need <= 0:
+                break
+            items = self._tiers[priority].items
+            # at most len(skip) of the sample are dropped, so `need` survive if they exist
+            k = min(len(items), need + len(skip))
+            taken = [items[i] for i in rng.sample(range(len(items)), k)]
+            taken = [s for s in taken if s.job_id not in skip][:need]
+            chosen += sorted(taken, key=lambda s: s.index)
+        return chosen
+
+
+class _Bag:
+    """A set with O(1) add, remove and random access (swap-remove)."""
+
+    def __init__(self) -> None:
+        self.items: list[JobSpec] = []
+        self._at: dict[str, int] = {}
+
+    def add(self, spec: JobSpec) -> None:
+        self._at[spec.job_id] = len(self.items)
+        self.items.append(spec)
+
+    def discard(self, job_id: str) -> None:
+        i = self._at.pop(job_id, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if i < len(self.items):
+            self.items[i] = last
+            self._at[last.job_id] = i
 
 
 def fleet_reasons(spec: JobSpec, state: JobState | None,

@@ -67,6 +67,10 @@ class Snapshot:
     states: dict[str, JobState]
     state_errors: dict[str, str] = field(default_factory=dict)
     stray_paths: tuple[str, ...] = ()
+    # the job ids whose state file differs from the snapshot at `base`, which this
+    # Ledger read last; base None when it listed the tree whole (no delta known)
+    base: str | None = None
+    changed: frozenset[str] = frozenset()
 
     def state(self, job_id: str) -> JobState | None:
         return self.states.get(job_id)
@@ -248,7 +252,8 @@ class Ledger:
         rev = revision or self.tip()
         if rev is None:
             raise LedgerError(f"{self.url}: the ledger has no main branch (run `reconciler init`)")
-        index, fresh = self._index_at(rev)
+        base = self._index.rev if self._index is not None else None
+        index, fresh, delta = self._index_at(rev)
         wanted = [b for b in dict.fromkeys(fresh) if b not in self._states]
         if index.manifest and (self._manifest is None or self._manifest[0] != index.manifest):
             wanted.append(index.manifest)
@@ -272,22 +277,26 @@ class Ledger:
             live = {sha for _mode, sha in index.paths.values()}
             self._states = {b: v for b, v in self._states.items() if b in live}
         return Snapshot(rev, loaded, error, access, dict(index.states), dict(index.errors),
-                        tuple(sorted(index.stray)))
+                        tuple(sorted(index.stray)), base if delta is not None else None,
+                        delta or frozenset())
 
-    def _index_at(self, rev: str) -> tuple[_TreeIndex, list[str]]:
-        """The classified tree at `rev` and the blobs that are new to it."""
+    def _index_at(self, rev: str) -> tuple[_TreeIndex, list[str], frozenset[str] | None]:
+        """The classified tree at `rev`, the blobs that are new to it, and the job
+        ids whose state changed since the last revision read (None: listed whole)."""
         index = self._index
         if index is not None and index.rev == rev:
-            return index, []
+            return index, [], frozenset()
         changes = self._tree_changes(index.rev, rev) if index is not None else None
+        delta: frozenset[str] | None = None
         if index is None or changes is None:
             index = _TreeIndex(rev)
             changes = [(e.path, e.mode, e.type, e.sha) for e in self.repo.ls_tree(rev)]
         else:
             index.rev = rev
+            delta = frozenset(m.group(2) for path, *_ in changes if (m := STATE_RE.match(path)))
         fresh = [sha for path, mode, kind, sha in changes if index.apply(path, mode, kind, sha)]
         self._index = index
-        return index, fresh
+        return index, fresh, delta
 
     def _tree_changes(self, old: str, new: str) -> list[tuple[str, str, str, str]] | None:
         """(path, mode, type, sha) of what differs between two revisions; mode

@@ -81,6 +81,7 @@ def test_a_snapshot_is_one_ls_tree_and_one_batched_read(led: LedgerDir,
     assert set(snap.manifest.specs) == set(snap.states)
     assert snap.access.role_of("operator").value == "operator"
     assert snap.revision == tip and snap.stray_paths == () and snap.state_errors == {}
+    assert snap.base is None and snap.changed == frozenset()  # listed whole: no delta
 
     # the next revision: only what changed is listed and read
     monkeypatch.setattr(GitRepo, "git", real_git)
@@ -95,6 +96,9 @@ def test_a_snapshot_is_one_ls_tree_and_one_batched_read(led: LedgerDir,
     assert [(s.name, s.holder, s.attempt) for s in claimed] == [("job-000", "alpha", 1)]
     new_blob = led.git("rev-parse", f"main:{claimed[0].path}").strip()
     assert batches == [[new_blob]]  # one changed state file: one blob read
+    assert snap2.base == tip and snap2.changed == {claimed[0].job_id}
+    again = ledger.snapshot(snap2.revision)
+    assert again.base == snap2.revision and again.changed == frozenset()
     ledger.close()
     writer.close()
 

@@ -17,6 +17,7 @@ from reconciler.eligibility import (
     NO_CUDA,
     NO_STATE,
     PREFER_CUDA_WAIT,
+    EligibleJobs,
     choose_device,
     explain,
     fleet_reasons,
@@ -253,6 +254,38 @@ def test_pick_no_slots(slots: int) -> None:
 def test_pick_more_slots_than_jobs_and_empty() -> None:
     assert [j.name for j in pick(jobs([0, 3, 1]), 10, random.Random(0))] == ["j1", "j2", "j0"]
     assert pick([], 3, random.Random(0)) == []
+
+
+def test_eligible_jobs_kept_job_by_job_picks_like_pick() -> None:
+    """The worker's incremental set: adds, re-adds with a new priority and
+    discards leave it choosing as pick() would over the same jobs."""
+    rng = random.Random(5)
+    cands = jobs([rng.choice([0, 1, 2]) for _ in range(60)])
+    kept = EligibleJobs(cands)
+    live = {s.job_id: s for s in cands}
+    for step in range(300):
+        s = rng.choice(cands)
+        if rng.random() < 0.5:
+            kept.discard(s.job_id)
+            live.pop(s.job_id, None)
+        else:
+            moved = spec(job_id=s.job_id, index=s.index, name=s.name,
+                         priority=rng.choice([0, 1, 2, 3]))
+            kept.add(moved)
+            live[s.job_id] = moved
+        assert len(kept) == len(live) and all(j in kept for j in live)
+        got = kept.pick(3, random.Random(step))
+        top = sorted((j.priority for j in live.values()), reverse=True)[:3]
+        assert [j.priority for j in got] == top
+        assert all(live[j.job_id] is j for j in got) and len({j.job_id for j in got}) == len(got)
+
+
+def test_eligible_jobs_skip_what_the_worker_already_runs() -> None:
+    kept = EligibleJobs(jobs([1, 1, 1, 0]))
+    for seed in range(30):
+        got = kept.pick(2, random.Random(seed), skip={"0000000000000000", "0000000000000001"})
+        assert [j.name for j in got] == ["j2", "j3"]
+    assert kept.pick(5, random.Random(0), skip=[j.job_id for j in jobs([0] * 4)]) == []
 
 
 def test_racing_workers_rarely_want_the_same_job() -> None:
