@@ -1,213 +1,722 @@
-"""The fault matrix of RELIABILITY.md, short profile: real ledger (hooks on), real
-reconciler, real workers with their own clones, a real tiny trainer; check C after
-every row. Rows that need ssh and a proxy (partition, ambiguous push, server kill
-mid-push) are not here yet: see tests/faults/PROTECTIONS.md."""
+"""The fault matrix of RELIABILITY.md: real ledger (hooks on, behind real sshd when
+it can run), real reconciler daemon, real workers with their own keys, clones and
+proxies, the real tiny trainer; a fault per row; check C after every row.
+
+Each row is a function of a `FaultRun` (seed, profile, rigs), so the short
+profile (`test_<row>`, in `make test`) and the soak loop (`test_soak`, in
+`make soak`) run the same code. Which protection each row catches, and how that
+was shown, is in tests/faults/PROTECTIONS.md.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from unittest import mock
 
 import pytest
-from faults.check import check_c, states
+from faults.check import fsck_json
+from faults.harness import (
+    ROOMY_TRAINER,
+    SOAK,
+    FaultRun,
+    Rig,
+    quick_jobs,
+    slack,
+    soak_minutes,
+)
 
-from ledgerkit import LedgerDir, make_ledger
-from reconciler.state import HELD, Status
-from reconciler.store import LocalStore
-from workerkit import Fleet, WorkerProc, pid_alive, wait_for
+from reconciler import trailers
+from reconciler.errors import PushRejected
+from reconciler.ledger import Ledger, Proposal
+from reconciler.state import HELD, Artifact, Status
+from workerkit import pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
-FLEET = {"heartbeat_s": 0.3, "stale_after_s": 2, "max_attempts": 4, "prefer_cuda_grace_s": 1}
 
 
-def jobs(n: int, rng: random.Random, **hyper: object) -> list[dict]:
-    return [{"name": f"job-{i:02d}", "seed": i,
-             "hyper": {"seconds": round(rng.uniform(1, 2), 2), **hyper}} for i in range(n)]
+# ------------------------------------------------------------------ helpers
 
 
-class Rig:
-    def __init__(self, root: Path, job_list: list[dict]) -> None:
-        self.led: LedgerDir = make_ledger(root, jobs=job_list, fleet=FLEET)
-        self.fleet = Fleet(self.led.url, root, self.led.store)
-        self.root = root
-        self.rec: subprocess.Popen | None = None
-
-    def start_reconciler(self) -> subprocess.Popen:
-        log = (self.root / "reconciler.log").open("ab")
-        self.rec = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "run", "--ledger", self.led.url,
-             "--state-dir", str(self.root / "rec")], stdout=log, stderr=subprocess.STDOUT)
-        return self.rec
-
-    def worker(self, name: str, *extra: str, **kw: object) -> WorkerProc:
-        return self.fleet.start_worker(name, *extra, **kw)
-
-    def close(self) -> None:
-        self.fleet.stop_all()
-        if self.rec and self.rec.poll() is None:
-            self.rec.terminate()
-            self.rec.wait(timeout=30)
+def as_host(rig: Rig, name: str, role: str = "worker") -> Ledger:
+    """A Ledger as host `name` would open it: its key over ssh (not through its
+    proxy), or the local path with its identity."""
+    cache = rig.root / f"as-{name}-{time.monotonic_ns()}.git"
+    if not rig.over_ssh:
+        return Ledger(rig.led.url, cache, name)
+    with mock.patch.dict(os.environ, rig.ssh_env(name, role, proxied=False)):
+        return Ledger(rig.fleet.url, cache, name)
 
 
-@pytest.fixture
-def rig(tmp_path: Path):
-    made: list[Rig] = []
-
-    def build(job_list: list[dict]) -> Rig:
-        made.append(Rig(tmp_path, job_list))
-        return made[-1]
-
-    yield build
-    for r in made:
-        r.close()
+def operator_env(rig: Rig) -> dict[str, str]:
+    return rig.ssh_env("operator", "operator", proxied=False) if rig.over_ssh else {}
 
 
-def test_worker_crash_loop(rig, fault_rng: random.Random) -> None:
-    r = rig(jobs(6, fault_rng))
-    r.start_reconciler()
-    workers = {n: r.worker(n) for n in ("w1", "w2", "w3")}
-    deadline = time.monotonic() + 12
-    while time.monotonic() < deadline:
-        time.sleep(fault_rng.uniform(1.5, 3))
-        name = fault_rng.choice(list(workers))
-        workers[name].signal(signal.SIGKILL)
-        workers[name].wait(10)
-        workers[name] = r.worker(name)
-    check_c(r.led, max_attempts=FLEET["max_attempts"])
+def push_stale_result(rig: Rig, worker: str, job_name: str, attempt: int) -> str:
+    """What a stale holder without the client-side check would push: its job
+    completed at its old attempt, on top of today's tip (rebuilt after a lost
+    race, as any writer does). Returns the ledger's refusal."""
+    ledger = as_host(rig, worker)
+
+    def stale_completion(snap):
+        cur = next(s for s in snap.states.values() if s.name == job_name)
+        assert cur.attempt > attempt, f"{job_name} was never taken from attempt {attempt}"
+        stale = cur.model_copy(update={
+            "status": Status.COMPLETED, "holder": None, "attempt": attempt, "last_error": None,
+            "artifact": Artifact(sha256=hashlib.sha256(b"stale").hexdigest(), size=5)})
+        return Proposal.of_states([stale], [trailers.Change(
+            cur.job_id, cur.name, attempt, "running->completed", "complete")])
+
+    try:
+        ledger.write(stale_completion)
+    except PushRejected as exc:
+        return str(exc.reason)
+    finally:
+        ledger.close()
+    raise AssertionError(f"the ledger accepted {worker}'s write for {job_name} at stale "
+                         f"attempt {attempt}")
 
 
-def test_trainer_crash_fails_the_job_with_the_log_tail(rig, fault_rng) -> None:
-    r = rig([{"name": "victim", "hyper": {"seconds": 30}}])
-    r.start_reconciler()
-    w = r.worker("w1", "--exit-when-idle")
-    pid = wait_for(lambda: w.trainer_pids(), what="the trainer")[0]
-    wait_for(lambda: any("progress" in p.read_text() for p in w.state_dir.glob("logs/*.log")),
-             what="a progress line in the trainer's log")
-    os.kill(pid, signal.SIGKILL)
-    assert w.wait(60) == 0
-    state = next(iter(states(r.led).values()))
-    assert state.status is Status.FAILED and "signal SIGKILL" in state.last_error
-    assert "progress" in state.last_error  # the log tail
-    check_c(r.led, max_attempts=FLEET["max_attempts"])
+def start_fleet(rig: Rig, n: int, *extra: str, reconciler: bool = True) -> list[str]:
+    if reconciler:
+        rig.start_reconciler()
+    names = [f"w{i}" for i in range(1, n + 1)]
+    for name in names:
+        rig.start_worker(name, *extra)
+    return names
 
 
-def test_stale_worker_returns_and_is_fenced(rig, fault_rng) -> None:
-    r = rig([{"name": "held", "hyper": {"seconds": 6}}])
-    r.start_reconciler()
-    w = r.worker("sleepy")
-    pid = wait_for(lambda: w.trainer_pids(), what="the trainer")[0]
-    wait_for(lambda: any(s.status is Status.RUNNING for s in states(r.led).values()),
-             what="running")
-    w.signal(signal.SIGSTOP)
-    os.kill(pid, signal.SIGSTOP)
-    wait_for(lambda: next(iter(states(r.led).values())).status not in HELD,
-             timeout=30, what="the sweep while it sleeps")
-    time.sleep(FLEET["stale_after_s"] * 2)
-    other = r.worker("awake", "--exit-when-idle")
-    wait_for(lambda: next(iter(states(r.led).values())).attempt >= 2, what="a re-claim")
-    w.signal(signal.SIGCONT)
-    os.kill(pid, signal.SIGCONT)
-    # the old holder learns at its next beat that attempt 1 is gone: trainer killed
-    wait_for(lambda: "event=revoked" in w.text() or "result-discarded" in w.text()
-             or "self-fence" in w.text(), timeout=30, what="the stale worker to stand down")
-    wait_for(lambda: not pid_alive(pid), timeout=30, what="its trainer to be gone")
-    assert other.wait(120) == 0
-    check_c(r.led, max_attempts=FLEET["max_attempts"])
+def busy_workers(rig: Rig, names: list[str]) -> list[str]:
+    """Workers with a live trainer now (from their logs)."""
+    out = []
+    for name in names:
+        w = rig.workers[name]
+        pids = w.trainer_pids()
+        if w.proc.poll() is None and pids and pid_alive(pids[-1]):
+            out.append(name)
+    return out
 
 
-def test_claim_storm_exactly_one_claim(rig, fault_rng) -> None:
-    r = rig([{"name": "prize", "hyper": {"seconds": 1}}])
-    ws = [r.worker(f"s{i}", "--exit-when-idle") for i in range(6)]
-    for w in ws:
-        assert w.wait(120) == 0, w.text()
-    claims = [t for _, _, _, t, _ in r.led.transitions() if t == "pending->claimed"]
-    assert claims == ["pending->claimed"]
-    check_c(r.led, max_attempts=FLEET["max_attempts"])
+def log_time(line: str) -> float:
+    """The wall-clock time of a `%(asctime)s` log line."""
+    stamp = line[:23]
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def test_reconciler_crash_loop(rig, fault_rng) -> None:
-    r = rig(jobs(5, fault_rng))
-    ws = [r.worker(n, "--exit-when-idle") for n in ("w1", "w2")]
-    deadline = time.monotonic() + 12
-    while time.monotonic() < deadline:
-        rec = r.start_reconciler()
-        time.sleep(fault_rng.uniform(1, 3))
-        rec.send_signal(signal.SIGKILL)
-        rec.wait(10)
-    r.start_reconciler()
-    for w in ws:
-        assert w.wait(120) == 0
-    # live workers were never swept: no sweep can happen sooner than stale_after_s
-    # after a start, and every start here was followed by a kill within 3 s
-    check_c(r.led, max_attempts=FLEET["max_attempts"])
-    assert "->pending" not in " ".join(t for _, _, _, t, a in r.led.transitions()
-                                       if a == "reconciler" and t != "new->pending")
+class RefWatch(threading.Thread):
+    """Polls refs on the Pi every 20 ms: when each heartbeat last changed, and
+    when each job first left `held`, on the test's own clock."""
 
+    def __init__(self, rig: Rig, workers: list[str], jobs: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.rig, self.workers, self.jobs = rig, workers, jobs
+        self.beat_changed: dict[str, float] = {}
+        self.released: dict[str, float] = {}
+        self.stop = threading.Event()
 
-def test_store_failure_then_retried(rig, fault_rng, tmp_path: Path) -> None:
-    r = rig([{"name": "big", "hyper": {"seconds": 0.5}}])
-    r.start_reconciler()
-    # a worker whose store cannot be written (its sha256/ is a file, not a directory)
-    broken = tmp_path / "broken-store"
-    broken.mkdir()
-    (broken / "sha256").write_text("not a directory")
-    small = r.worker("cramped", "--max-jobs", "1", "--store", str(broken))
-    assert small.wait(60) == 0, small.text()
-    assert "store-failed" in small.text()
-    assert list(broken.rglob("*.tar.zst")) == [] and list(r.led.store.rglob("*.tar.zst")) == []
-    state = next(iter(states(r.led).values()))
-    assert "store failed" in (state.last_error or "")
-    roomy = r.worker("roomy", "--exit-when-idle")
-    assert roomy.wait(60) == 0
-    check_c(r.led, max_attempts=FLEET["max_attempts"])
-
-
-def test_same_bundle_twice_concurrently(tmp_path: Path, fault_rng) -> None:
-    data = fault_rng.randbytes(3 << 20)
-    bundle = tmp_path / "b.bin"
-    bundle.write_bytes(data)
-    store = LocalStore(tmp_path / "store")
-    results, errors = [], []
-
-    def put() -> None:
+    def run(self) -> None:
+        last: dict[str, str | None] = {}
+        reader = Ledger(self.rig.led.url, self.rig.root / "watch.git", "watch")
         try:
-            results.append(store.put_file(bundle))
-        except Exception as exc:
-            errors.append(exc)
+            while not self.stop.is_set():
+                now = time.monotonic()
+                for w in self.workers:
+                    value = self.rig.heartbeat(w)
+                    if value != last.get(w):
+                        last[w], self.beat_changed[w] = value, now
+                states = reader.snapshot(reader.fetch()).states
+                for s in states.values():
+                    if s.name in self.jobs and s.name not in self.released \
+                            and s.status not in HELD and s.attempt > 0:
+                        self.released[s.name] = now
+                time.sleep(0.02)
+        finally:
+            reader.close()
 
-    threads = [threading.Thread(target=put) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len({a.sha256 for a in results}) == 1
-    assert len(list(store.root.glob("sha256/*/*"))) == 1
-    assert store.verify(results[0].sha256)
+
+# --------------------------------------------------------------------- rows
 
 
-def test_operator_during_load(rig, fault_rng) -> None:
-    r = rig([*jobs(5, fault_rng), {"name": "long", "seed": 99, "hyper": {"seconds": 60}}])
-    r.start_reconciler()
-    ws = [r.worker(n) for n in ("w1", "w2")]
-    wait_for(lambda: any(s.name == "long" and s.status is Status.RUNNING
-                         for s in states(r.led).values()), timeout=60, what="long to run")
-    holder = next(w for w in ws if "job=long" in w.text())
-    pid = [int(p) for p in holder.trainer_pids()][-1]
-    cancel = subprocess.run([sys.executable, "-m", "reconciler.cli", "cancel", "long",
-                             "--ledger", r.led.url], capture_output=True, text=True, timeout=60)
-    assert cancel.returncode == 0, cancel.stderr
-    t0 = time.monotonic()
-    wait_for(lambda: not pid_alive(pid), timeout=10, what="the cancelled trainer to stop")
-    assert time.monotonic() - t0 < 10
-    check_c(r.led, max_attempts=FLEET["max_attempts"], deadline_s=120)
-    requeue = subprocess.run([sys.executable, "-m", "reconciler.cli", "requeue", "job-00",
-                              "--ledger", r.led.url], capture_output=True, text=True,
-                             timeout=60)
-    assert requeue.returncode == 0, requeue.stderr
-    check_c(r.led, max_attempts=FLEET["max_attempts"], deadline_s=120)
+def row_worker_crash_loop(f: FaultRun) -> None:
+    """SIGKILL a worker that holds a job every few seconds and restart it."""
+    p = f.profile
+    rig = f.rig(quick_jobs(p.jobs, f.rng, p))
+    names = start_fleet(rig, p.workers)
+    orphans: list[int] = []
+    kills = 0
+    deadline = time.monotonic() + p.fault_s * f.scale
+    # RELIABILITY.md: every 5 s at stale_after_s = 2, i.e. 2.5 x stale in the soak
+    lo, hi = (0.75, 1.5) if p is not SOAK else (1.5, 3.0)
+    while time.monotonic() < deadline:
+        time.sleep(f.rng.uniform(lo, hi) * f.stale)
+        busy = busy_workers(rig, names)
+        if not busy:
+            if all(s.status.value in ("completed", "failed") for s in rig.states().values()):
+                break
+            continue
+        victim = f.rng.choice(busy)
+        orphans.append(rig.workers[victim].trainer_pids()[-1])
+        rig.kill_worker(victim)
+        kills += 1
+        rig.start_worker(victim)
+    assert kills >= 1, "no worker was ever killed while holding a job"
+    # the parent-death signal: a dead worker's trainer dies with it
+    wait_for(lambda: not any(pid_alive(pid) for pid in orphans), timeout=5,
+             what=f"the trainers of killed workers ({orphans}) to be gone")
+    report = f.check(rig)
+    assert report.sweeps >= 1, "no job held by a killed worker was ever swept"
+
+
+def row_trainer_crash(f: FaultRun) -> None:
+    """SIGKILL the trainer: the job fails at once, with the log's tail."""
+    p = f.profile
+    rig = f.rig([{"name": "victim", "seed": 99, "priority": 10, "hyper": {"seconds": 30}},
+                 *quick_jobs(2, f.rng, p)])
+    start_fleet(rig, 2)
+    w, pid = rig.worker_holding("victim")
+    wait_for(lambda: any("progress" in log.read_text(errors="replace")
+                         for log in w.state_dir.glob("logs/victim-*.log")),
+             timeout=20, what="a progress line in the victim's trainer log")
+    os.kill(pid, signal.SIGKILL)
+    state = wait_for(lambda: (s := rig.state("victim")).status is Status.FAILED and s,
+                     timeout=20, what="victim to fail")
+    assert state.attempt == 1 and state.lost == 0, state
+    assert state.last_error.startswith("trainer signal SIGKILL"), state.last_error
+    assert "progress: " in state.last_error, f"no log tail in {state.last_error!r}"
+    f.check(rig)
+
+
+def row_stale_worker_returns(f: FaultRun) -> None:
+    """SIGSTOP the holder (worker and trainer: a frozen host) for 2 x stale_after_s."""
+    rig = f.rig([{"name": "held", "seed": 7, "hyper": {"seconds": 7}}])
+    rig.start_reconciler()
+    sleepy = rig.start_worker("sleepy")
+    _, pid = rig.worker_holding("held")
+    wait_for(lambda: rig.state("held").status is Status.RUNNING, what="held to be running")
+    rig.disrupted.add("sleepy")
+    sleepy.signal(signal.SIGSTOP)
+    os.killpg(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    rig.start_worker("awake")
+    wait_for(lambda: (s := rig.state("held")).attempt == 2 and s.holder == "awake",
+             timeout=30, what="the sweep and awake's claim while sleepy sleeps")
+    time.sleep(max(0.0, stopped + 2 * rig.stale - time.monotonic()))
+    sleepy.signal(signal.SIGCONT)
+    os.killpg(pid, signal.SIGCONT)
+    woke = time.monotonic()
+    # the old holder learns at its next beat that attempt 1 is gone: trainer killed
+    wait_for(lambda: not pid_alive(pid), timeout=10, what="sleepy's trainer to be killed")
+    took = time.monotonic() - woke
+    # by the heartbeat's news (revoked) or its own silent clock (self-fence), whichever first
+    assert re.search(r"event=(revoked|self-fence) job=held attempt=1 ", sleepy.text()), \
+        sleepy.text()[-2000:]
+    # and a stale-attempt write, had it been sent, is refused naming job, attempt, holder
+    wait_for(lambda: rig.state("held").status is Status.RUNNING, timeout=20,
+             what="awake to start held")
+    refusal = push_stale_result(rig, "sleepy", "held", 1)
+    assert "job held" in refusal and "attempt 2" in refusal and "held by awake" in refusal, \
+        refusal
+    f.check(rig)
+    final = rig.state("held")
+    assert final.status is Status.COMPLETED and final.attempt == 2, final
+    print(f"stale holder's trainer killed {took:.2f}s after it woke")
+
+
+def row_partition(f: FaultRun) -> None:
+    """Blackhole the holder's network for 2 x stale_after_s."""
+    f.need_ssh()
+    p = f.profile
+    # it must still be training when it self-fences, 2/3 of stale_after_s into the cut
+    seconds = round(f.stale * 1.5 + 4, 1)
+    rig = f.rig([{"name": "cut-off", "seed": 99, "priority": 10, "hyper": {"seconds": seconds}},
+                 *quick_jobs(3, f.rng, p)])
+    rig.start_reconciler()
+    island = rig.start_worker("island")
+    _, pid = rig.worker_holding("cut-off")
+    wait_for(lambda: rig.state("cut-off").status is Status.RUNNING, what="cut-off to run")
+    for name in ("w2", "w3"):
+        rig.start_worker(name)
+    rig.disrupted.add("island")
+    rig.proxy("island").partition()
+    cut = time.monotonic()
+    # self-fence: past 2/3 of stale_after_s without a beat it stops its trainer
+    wait_for(lambda: not pid_alive(pid), timeout=2 * rig.stale + 5,
+             what="the partitioned holder to stop its trainer")
+    fenced = time.monotonic() - cut
+    limit = 2 / 3 * rig.stale + slack(2 * rig.beat + 1.0)
+    assert fenced <= limit, f"self-fence took {fenced:.2f}s (limit {limit:.2f}s)"
+    assert "event=self-fence job=cut-off attempt=1" in island.text()
+    wait_for(lambda: (s := rig.state("cut-off")).attempt >= 2 and s.holder != "island",
+             timeout=30, what="another worker to take cut-off after the sweep")
+    time.sleep(max(0.0, cut + 2 * rig.stale - time.monotonic()))
+    rig.proxy("island").heal()
+    wait_for(lambda: "event=beat-restored" in island.text(), timeout=30,
+             what="island's heartbeat to come back")
+    refusal = push_stale_result(rig, "island", "cut-off", 1)
+    assert "job cut-off" in refusal and "attempt" in refusal, refusal
+    f.check(rig)
+    print(f"partitioned holder self-fenced after {fenced:.2f}s")
+
+
+def row_ambiguous_push(f: FaultRun) -> None:
+    """The connection is reset after the pack was sent (and the ref moved)."""
+    f.need_ssh()
+    p = f.profile
+    rig = f.rig(quick_jobs(p.jobs, f.rng, p))
+    rig.start_reconciler()
+    target = "w1"
+    rig.disrupted.add(target)
+    for label in ("claim", "complete"):
+        # the server holds its answer while the proxy resets the connection
+        rig.arm(label, "committed", target, label, "hold")
+    names = [target, "w2", "w3"]
+    for name in names:
+        rig.start_worker(name)
+    w = rig.workers[target]
+    for label in ("claim", "complete"):
+        _, sha, subject = rig.fired(label)
+        assert rig.proxy(target).reset() >= 1
+        rig.release(label)
+        job, attempt = re.match(r"\w+ (\S+) by w1 \(attempt (\d+)\)", subject).groups()
+        # the worker re-fetches, finds its commit and carries on as the winner
+        wait_for(lambda job=job, attempt=attempt, label=label: re.search(
+            rf"event={label} job={job} attempt={attempt}\b", w.text()), timeout=30,
+            what=f"w1 to see that its ambiguous {label} of {job} landed")
+        assert subprocess.run(["git", "-C", str(rig.led.path), "merge-base", "--is-ancestor",
+                               sha, "main"]).returncode == 0
+    assert "push result unknown" in w.text()
+    # then random resets in the middle of whatever is on the wire
+    deadline = time.monotonic() + p.fault_s / 2 * f.scale
+    while time.monotonic() < deadline:
+        victim = f.rng.choice(names)
+        rig.disrupted.add(victim)
+        rig.proxy(victim).reset_after(f.rng.randint(200, 6000))
+        time.sleep(f.rng.uniform(0.5, 1.5))
+    for name in names:
+        rig.proxy(name).reset_after(1 << 40)  # disarmed in effect
+    report = f.check(rig)
+    claims = re.findall(r"event=claim job=(\S+)", "".join(rig.workers[n].text() for n in names))
+    assert len(claims) == len(set(claims)) == report.claims, \
+        f"claims logged {claims}, on main {report.claims}"
+
+
+def row_claim_storm(f: FaultRun) -> None:
+    """6 workers, 1 job, released to all of them at once by one manifest commit."""
+    rig = f.rig([{"name": "prize", "seed": 1, "hyper": {"seconds": 1},
+                  "allowed_hosts": ["nobody"]}])
+    rig.start_reconciler()
+    names = [f"s{i}" for i in range(6)]
+    traces = {n: rig.root / f"trace-{n}.txt" for n in names}
+    for n in names:
+        rig.start_worker(n, env={"GIT_TRACE2": str(traces[n])})
+    wait_for(lambda: all(rig.heartbeat(n) for n in names), timeout=slack(30),
+             what="all six workers to be up and beating")
+    time.sleep(3 * rig.beat)
+    # the barrier: the job becomes eligible for everyone in one commit
+    ledger = as_host(rig, "operator", "operator")
+    try:
+        def open_up(snap):
+            text = ledger.repo.git("show", f"{snap.revision}:manifest.toml").stdout.decode()
+            new = text.replace('allowed_hosts = ["nobody"]\n', "")
+            assert new != text
+            return Proposal({"manifest.toml": new.encode()}, [], "open prize to every host")
+        ledger.write(open_up)
+    finally:
+        ledger.close()
+    report = f.check(rig)
+    # one winner for attempt 1, and only it believes it won
+    winners = [n for n in names if "event=claim job=prize attempt=1 " in rig.workers[n].text()]
+    assert len(winners) == 1, f"workers that believe they claimed attempt 1: {winners}"
+    if report.sweeps == 0:
+        assert report.claims == 1, report
+    pushes = {}
+    for n in names:
+        text = traces[n].read_text(errors="replace") if traces[n].exists() else ""
+        pushes[n] = len(re.findall(r" start git .*push .*:refs/heads/main$", text, re.M))
+    tried = [n for n in names if pushes[n]]
+    assert len(tried) >= 2, f"no race happened: pushes to main {pushes}"
+    # bounded: a loser pushes once, loses, re-reads and stops; a claimer pushes its
+    # claim, start and result (and a lost race or a timed-out push may add one each)
+    for n in names:
+        claimed = rig.workers[n].text().count("event=claim job=prize ")
+        assert pushes[n] <= 3 * claimed + 2, f"{n} claimed {claimed} times: pushes {pushes}"
+    assert not any("claim-gave-up" in rig.workers[n].text() for n in names)
+    print(f"claim storm: pushes to main per worker {pushes}")
+
+
+def row_reconciler_crash_loop(f: FaultRun) -> None:
+    """SIGKILL the reconciler again and again; also kill a holder just before a restart."""
+    p = f.profile
+    rig = f.rig(quick_jobs(p.jobs, f.rng, p))
+    names = start_fleet(rig, p.workers, reconciler=False)
+    deadline = time.monotonic() + p.fault_s * f.scale
+    killed_holder = False
+    # RELIABILITY.md: every 7 s at stale_after_s = 2 (3.5 x stale) in the soak; the
+    # short profile kills sooner, so most instances never live a full lease
+    lo, hi = (0.5, 1.75) if p is not SOAK else (1.0, 3.5)
+    while time.monotonic() < deadline:
+        rig.start_reconciler()
+        time.sleep(f.rng.uniform(lo, hi) * f.stale)
+        busy = busy_workers(rig, names)
+        if not killed_holder and busy:
+            # a stale claim for the next reconciler to find at its start
+            victim = f.rng.choice(busy)
+            rig.kill_worker(victim)
+            rig.start_worker(victim)  # a fresh process: the old claim is nobody's now
+            killed_holder = True
+        rig.kill_reconciler()
+    rig.start_reconciler()
+    assert killed_holder, "no holder was killed during the loop"
+    report = f.check(rig)
+    assert report.sweeps >= 1, "the killed holder's job was never swept"
+    for rec in rig.recs:
+        for line in rec.text().splitlines():
+            if " event=sweep " in line:
+                after = log_time(line) - rec.started
+                assert after >= rig.stale, \
+                    f"a reconciler swept {after:.2f}s after it started: {line}"
+    replay_sweeps = [t for _, _, _, t, a in rig.led.transitions()
+                     if a == "reconciler" and t.endswith(("->pending", "->failed"))
+                     and not t.startswith("new")]
+    assert replay_sweeps, "no sweep on main"
+
+
+def row_clock_skew(f: FaultRun) -> None:
+    """libfaketime on one worker: an hour off and twice as fast."""
+    spec = f.rng.choice(["+1h x2", "-1h x2"]) if f.profile is SOAK else "+1h x2"
+    rig = f.rig([{"name": "skewed-long", "seed": 90, "priority": 10, "hyper": {"seconds": 60}},
+                 {"name": "plain-long", "seed": 91, "priority": 10, "hyper": {"seconds": 60}},
+                 *quick_jobs(2, f.rng, f.profile)])
+    rig.start_reconciler()
+    skewed = rig.start_worker("skewed", prefix=["faketime", "-f", spec])
+    plain = rig.start_worker("plain")
+    holders = wait_for(lambda: (h := {s.holder for s in rig.states().values()
+                                      if s.status is Status.RUNNING}) >= {"skewed", "plain"}
+                       and h, timeout=60, what="both workers to run a long job")
+    assert holders
+    jobs = {s.holder: s.name for s in rig.states().values() if s.status is Status.RUNNING}
+    watch = RefWatch(rig, ["skewed", "plain"], list(jobs.values()))
+    watch.start()
+    # alive past stale_after_s: neither is swept, whatever its clock says
+    time.sleep(rig.stale + 1.0)
+    for who in ("skewed", "plain"):
+        s = rig.state(jobs[who])
+        assert s.status is Status.RUNNING and s.holder == who and s.attempt == 1, s
+    rig.disrupted |= {"skewed", "plain"}
+    for w in (skewed, plain):
+        w.signal(signal.SIGKILL)
+    for w in (skewed, plain):
+        w.wait(30)
+    wait_for(lambda: len(watch.released) == 2, timeout=30, what="both jobs to be swept")
+    watch.stop.set()
+    watch.join()
+    delay = {w: watch.released[jobs[w]] - watch.beat_changed[w] for w in ("skewed", "plain")}
+    print(f"clock skew {spec!r}: sweep {delay['skewed']:.2f}s after the skewed worker's last "
+          f"beat, {delay['plain']:.2f}s after the plain one's")
+    for who, d in delay.items():
+        assert d >= rig.stale - 0.05, f"{who} swept {d:.2f}s after its last beat (early)"
+        assert d <= rig.stale + slack(rig.beat + 1.0), f"{who} swept {d:.2f}s after its last beat"
+    assert abs(delay["skewed"] - delay["plain"]) <= slack(rig.beat + 0.3), delay
+    rig.start_worker("after")
+    f.check(rig)
+
+
+def row_server_kill_mid_push(f: FaultRun) -> None:
+    """receive-pack SIGKILLed after the pack arrived: once after the ref moved,
+    once while it held the ref's lock."""
+    p = f.profile
+    rig = f.rig(quick_jobs(p.jobs, f.rng, p))
+    rig.arm("after", "committed", "w1", "start", "kill")
+    rig.disrupted |= {"w1", "w2"}
+    start_fleet(rig, p.workers)
+    # 1. killed after the ref moved: all of the push is on main; the worker finds it
+    _, sha, subject = rig.fired("after")
+    job = re.match(r"start (\S+) by", subject).group(1)
+    wait_for(lambda: subprocess.run(["git", "-C", str(rig.led.path), "merge-base",
+                                     "--is-ancestor", sha, "main"]).returncode == 0,
+             timeout=10, what="the killed push's commit on main")
+    # 2. killed holding refs/heads/main.lock: nothing moved, and the lock stays
+    rig.arm("before", "prepared", "w2", "-", "kill")
+    old, sha, subject = rig.fired("before")
+    lock = rig.led.path / "refs" / "heads" / "main.lock"
+    wait_for(lambda: all(w.proc.poll() is None for w in rig.workers.values()) and
+             lock.exists(), timeout=10, what="the stale lock")
+    time.sleep(1.0)  # the fleet keeps pushing into the lock meanwhile
+    assert rig.main() == old, "main moved although receive-pack died before the commit"
+    assert subprocess.run(["git", "-C", str(rig.led.path), "merge-base", "--is-ancestor", sha,
+                           "main"]).returncode == 1
+    # the ref's lock, and HEAD's (git locks HEAD too when it points at the ref)
+    report = fsck_json(rig.led.path, rig.led.store)
+    found = {Path(lk["path"]) for lk in report["repository"]["locks"]}
+    assert not report["ok"] and lock in found, report["repository"]
+    assert found <= {lock, rig.led.path / "HEAD.lock"}, report["repository"]
+    assert all(w.proc.poll() is None for w in rig.workers.values()), "a worker died"
+    # the operator's cleanup: `reconciler fsck --fix` removes locks older than a
+    # minute that no process holds (the minute is skipped by ageing the file)
+    stamp = time.time() - 120
+    for path in found:
+        os.utime(path, (stamp, stamp))
+    fixed = fsck_json(rig.led.path, rig.led.store, "--fix")
+    assert {Path(lk["path"]) for lk in fixed["repository"]["locks"] if lk["removed"]} == found, \
+        fixed["repository"]
+    assert not any(path.exists() for path in found)
+    f.check(rig)
+    assert re.search(rf"event=start job={job} ", rig.workers["w1"].text())
+
+
+def row_store_disk_full(f: FaultRun) -> None:
+    """RLIMIT_FSIZE on a worker: its bundle cannot be written."""
+    rig = f.rig([{"name": "bulky", "seed": 5, "hyper": {"seconds": 0.3}}],
+                trainer=[sys.executable, str(ROOMY_TRAINER)])
+    rig.start_reconciler()
+    store = str(rig.led.store)  # the store as a mounted path: the limit hits this host
+    cramped = rig.start_worker("cramped", "--max-jobs", "1", store=store,
+                               prefix=["prlimit", f"--fsize={256 << 10}:unlimited", "--"])
+    assert cramped.wait(60) == 0, cramped.text()[-3000:]
+    text = cramped.text()
+    failures = re.findall(r"event=store-failed job=bulky attempt=1 error=(.*)", text)
+    assert len(failures) == 3, f"expected 3 tries: {failures}"
+    assert all("File too large" in e for e in failures), failures
+    assert "Traceback" not in text
+    state = rig.state("bulky")
+    assert state.status is Status.PENDING and state.lost == 1, state
+    assert state.last_error.startswith("store failed on cramped:") and \
+        "File too large" in state.last_error, state.last_error
+    assert list(rig.led.store.rglob("*.tar.zst")) == [], "something under a final name"
+    assert [p for p in rig.led.store.rglob("*") if p.is_file()] == [], "temp files left"
+    rig.start_worker("roomy", "--exit-when-idle", store=store)
+    f.check(rig)
+    final = rig.state("bulky")
+    assert final.status is Status.COMPLETED and final.attempt == 2, final
+
+
+PUT_SCRIPT = """
+import sys, time
+from pathlib import Path
+from reconciler.store import LocalStore
+go = Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.001)
+print(LocalStore(Path(sys.argv[1])).put_file(Path(sys.argv[2])).sha256)
+"""
+
+
+def row_same_bundle_twice(f: FaultRun) -> None:
+    """Concurrent puts of one sha: one file, every put succeeds."""
+    root = f.root / "same-bundle"
+    root.mkdir()
+    data = f.rng.randbytes(8 << 20)
+    sha = hashlib.sha256(data).hexdigest()
+    bundle = root / "bundle.tar.zst"
+    bundle.write_bytes(data)
+    store, go = root / "store", root / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", PUT_SCRIPT, str(store), str(bundle),
+                               str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    time.sleep(1.0)
+    go.touch()
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [e for _, e in outs]
+    assert {o.strip() for o, _ in outs} == {sha}
+    files = [p for p in store.rglob("*") if p.is_file()]
+    assert files == [store / "sha256" / sha[:2] / f"{sha}.tar.zst"], files
+    assert hashlib.sha256(files[0].read_bytes()).hexdigest() == sha
+    # and through the fleet: two jobs whose trainers write identical outputs,
+    # finished at the same moment by two workers (over ssh: two store-puts at once)
+    rig = f.rig([{"name": "twin-a", "seed": 3, "hyper": {"seconds": 1.0}},
+                 {"name": "twin-b", "seed": 3, "hyper": {"seconds": 1.01}}])
+    start_fleet(rig, 2, "--exit-when-idle")
+    f.check(rig)
+    a, b = rig.state("twin-a"), rig.state("twin-b")
+    assert a.status is b.status is Status.COMPLETED and a.artifact == b.artifact, (a, b)
+    assert [p.name for p in rig.led.store.rglob("*") if p.is_file()] == \
+        [f"{a.artifact.sha256}.tar.zst"]
+
+
+def row_operator_during_load(f: FaultRun) -> None:
+    """Cancel a running job, raise a priority, requeue a completed job, under load."""
+    p = f.profile
+    rig = f.rig([{"name": "long", "seed": 99, "priority": 5, "hyper": {"seconds": 60}},
+                 *quick_jobs(p.jobs, f.rng, p),
+                 {"name": "late", "seed": 98, "priority": -5, "hyper": {"seconds": 1}}])
+    names = start_fleet(rig, p.workers)
+    _, pid = rig.worker_holding("long")
+    wait_for(lambda: rig.state("long").status is Status.RUNNING, what="long to run")
+    env = {**os.environ, **operator_env(rig)}
+
+    def operator(*argv: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "reconciler.cli", *argv, "--ledger",
+                               rig.fleet.url, "--as", "operator"], capture_output=True,
+                              text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr
+
+    # priority: late goes from last to first; the next claim on main is late's
+    assert rig.state("late").status is Status.PENDING
+    ledger = as_host(rig, "operator", "operator")
+    try:
+        def raise_late(snap):
+            text = ledger.repo.git("show", f"{snap.revision}:manifest.toml").stdout.decode()
+            new = text.replace("priority = -5\n", "priority = 100\n")
+            assert new != text
+            return Proposal({"manifest.toml": new.encode()}, [], "priority of late to 100")
+        raised = ledger.write(raise_late).commit
+    finally:
+        ledger.close()
+    # cancel: the running trainer stops within two beats of the commit landing
+    operator("cancel", "long")
+    cancelled = time.monotonic()
+    wait_for(lambda: not pid_alive(pid), timeout=10, every=0.02, what="long's trainer to stop")
+    took = time.monotonic() - cancelled
+    limit = slack(2 * rig.beat + 0.5)
+    assert took <= limit, f"cancelled trainer stopped after {took:.2f}s (limit {limit:.2f}s)"
+    after = rig.led.git("log", "--reverse", "--format=%H", f"{raised}..main").split()
+    first_claim = next(c for c in after
+                       if "pending->claimed" in rig.led.git("log", "-1", "--format=%B", c))
+    body = rig.led.git("log", "-1", "--format=%s", first_claim)
+    assert body.startswith("claim late by"), f"first claim after the priority change: {body}"
+    # requeue: a completed job runs again, at the next attempt
+    done = wait_for(lambda: next((s for s in rig.states().values()
+                                  if s.status is Status.COMPLETED and s.name != "late"), None),
+                    timeout=60, what="a completed job")
+    operator("requeue", done.name)
+    f.check(rig)
+    again = rig.state(done.name)
+    assert again.status is Status.COMPLETED and again.attempt == done.attempt + 1, again
+    assert rig.state("long").status is Status.CANCELLED
+    stopped = [n for n in names if "event=revoked job=long" in rig.workers[n].text()]
+    assert len(stopped) == 1, stopped
+    print(f"cancelled trainer stopped {took:.2f}s after the commit landed")
+
+
+ROWS: dict[str, Callable[[FaultRun], None]] = {
+    "worker_crash_loop": row_worker_crash_loop,
+    "trainer_crash": row_trainer_crash,
+    "stale_worker_returns": row_stale_worker_returns,
+    "partition": row_partition,
+    "ambiguous_push": row_ambiguous_push,
+    "claim_storm": row_claim_storm,
+    "reconciler_crash_loop": row_reconciler_crash_loop,
+    "clock_skew": row_clock_skew,
+    "server_kill_mid_push": row_server_kill_mid_push,
+    "store_disk_full": row_store_disk_full,
+    "same_bundle_twice": row_same_bundle_twice,
+    "operator_during_load": row_operator_during_load,
+}
+
+
+# ------------------------------------------------------- the short profile
+
+
+def test_worker_crash_loop(fault: FaultRun) -> None:
+    row_worker_crash_loop(fault)
+
+
+def test_trainer_crash(fault: FaultRun) -> None:
+    row_trainer_crash(fault)
+
+
+def test_stale_worker_returns(fault: FaultRun) -> None:
+    row_stale_worker_returns(fault)
+
+
+def test_partition(fault: FaultRun) -> None:
+    row_partition(fault)
+
+
+def test_ambiguous_push(fault: FaultRun) -> None:
+    row_ambiguous_push(fault)
+
+
+def test_claim_storm(fault: FaultRun) -> None:
+    row_claim_storm(fault)
+
+
+def test_reconciler_crash_loop(fault: FaultRun) -> None:
+    row_reconciler_crash_loop(fault)
+
+
+def test_clock_skew(fault: FaultRun) -> None:
+    if not shutil.which("faketime") and not install_faketime():
+        pytest.skip("needs Debian's faketime (apt-get install faketime failed or no root)")
+    row_clock_skew(fault)
+
+
+def test_server_kill_mid_push(fault: FaultRun) -> None:
+    row_server_kill_mid_push(fault)
+
+
+def test_store_disk_full(fault: FaultRun) -> None:
+    row_store_disk_full(fault)
+
+
+def test_same_bundle_twice(fault: FaultRun) -> None:
+    row_same_bundle_twice(fault)
+
+
+def test_operator_during_load(fault: FaultRun) -> None:
+    row_operator_during_load(fault)
+
+
+# -------------------------------------------------------------- the soak loop
+
+
+def test_soak(request: pytest.FixtureRequest, soak_run) -> None:
+    """`make soak`: the rows in turn with random seeds until the time is up."""
+    minutes = soak_minutes(request.config)
+    fixed = request.config.getoption("--fault-seed", default=None)
+    seeds = random.Random(fixed) if fixed is not None else random.SystemRandom()
+    deadline = time.monotonic() + minutes * 60
+    failures: list[str] = []
+    runs = 0
+    order = list(ROWS)
+    if not shutil.which("faketime") and not install_faketime():
+        order.remove("clock_skew")
+        print("soak: clock_skew left out: faketime is missing and could not be installed")
+    while time.monotonic() < deadline:
+        row = order[runs % len(order)]
+        seed = seeds.randrange(1, 1 << 31)
+        run = soak_run(row, seed)
+        started = time.monotonic()
+        try:
+            ROWS[row](run)
+            print(f"soak: {row} seed {seed}: ok in {time.monotonic() - started:.0f}s")
+        except pytest.skip.Exception as exc:
+            print(f"soak: {row} seed {seed}: skipped ({exc})")
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            failures.append(f"{row} seed {seed}: {type(exc).__name__}: {first[:300]} "
+                            f"(replay: pytest tests/faults -k test_{row} --fault-seed={seed})")
+            print(f"soak: FAILED {failures[-1]}")
+        finally:
+            run.close()
+        runs += 1
+    print(f"soak: {runs} row runs in {minutes:g} min, {len(failures)} failed")
+    assert runs > 0
+    assert failures == [], "\n".join(failures)
+
+
+def install_faketime() -> bool:
+    """Debian's faketime (we are root in CI); False when that is impossible."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "faketime"]):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            if subprocess.run(argv, capture_output=True, env=env, timeout=600).returncode:
+                return False
+    return shutil.which("faketime") is not None
+
