@@ -156,6 +156,7 @@ exit 0
 """
 
 ROOMY_TRAINER = Path(__file__).resolve().parent / "roomy_trainer.py"
+SKEWED = Path(__file__).resolve().parent / "skewed.py"
 
 
 @dataclass

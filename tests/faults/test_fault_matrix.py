@@ -10,12 +10,10 @@ was shown, is in tests/faults/PROTECTIONS.md.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +28,7 @@ import pytest
 from faults.check import fsck_json
 from faults.harness import (
     ROOMY_TRAINER,
+    SKEWED,
     SOAK,
     FaultRun,
     Rig,
@@ -394,13 +393,16 @@ def row_reconciler_crash_loop(f: FaultRun) -> None:
 
 
 def row_clock_skew(f: FaultRun) -> None:
-    """libfaketime on one worker: an hour off and twice as fast."""
-    spec = f.rng.choice(["+1h x2", "-1h x2"]) if f.profile is SOAK else "+1h x2"
-    rig = f.rig([{"name": "skewed-long", "seed": 90, "priority": 10, "hyper": {"seconds": 60}},
-                 {"name": "plain-long", "seed": 91, "priority": 10, "hyper": {"seconds": 60}},
+    """One worker's clock an hour off and running twice as fast (tests/faults/skewed.py)."""
+    spec = f.rng.choice(["+3600 2", "-3600 2"]) if f.profile is SOAK else "+3600 2"
+    # long enough to be running when both are killed (stale_after_s + 1 s after both
+    # started), short enough that the rerun does not dominate the row
+    long_s = round(3 * f.stale + 10, 1)
+    rig = f.rig([{"name": "skewed-long", "seed": 90, "priority": 10, "hyper": {"seconds": long_s}},
+                 {"name": "plain-long", "seed": 91, "priority": 10, "hyper": {"seconds": long_s}},
                  *quick_jobs(2, f.rng, f.profile)])
     rig.start_reconciler()
-    skewed = rig.start_worker("skewed", prefix=["faketime", "-f", spec])
+    skewed = rig.start_worker("skewed", prefix=[sys.executable, str(SKEWED), *spec.split(), "--"])
     plain = rig.start_worker("plain")
     holders = wait_for(lambda: (h := {s.holder for s in rig.states().values()
                                       if s.status is Status.RUNNING}) >= {"skewed", "plain"}
@@ -429,8 +431,15 @@ def row_clock_skew(f: FaultRun) -> None:
         assert d >= rig.stale - 0.05, f"{who} swept {d:.2f}s after its last beat (early)"
         assert d <= rig.stale + slack(rig.beat + 1.0), f"{who} swept {d:.2f}s after its last beat"
     assert abs(delay["skewed"] - delay["plain"]) <= slack(rig.beat + 0.3), delay
-    rig.start_worker("after")
+    rig.start_worker("after", "--slots", "4")  # the two reruns side by side
     f.check(rig)
+    # the skew was real: the skewed worker's commits carry its clock, an hour off
+    offset = float(spec.split()[0])
+    dates = [(int(t), who) for t, who in (line.split(" ", 1) for line in rig.led.git(
+        "log", "--format=%at %an", "main").splitlines())]
+    skewed_off = [t - time.time() for t, who in dates if who == "skewed"]
+    assert skewed_off and all(abs(d - offset) < 600 for d in skewed_off), skewed_off
+    assert all(abs(t - time.time()) < 600 for t, who in dates if who == "plain")
 
 
 def row_server_kill_mid_push(f: FaultRun) -> None:
@@ -648,8 +657,6 @@ def test_reconciler_crash_loop(fault: FaultRun) -> None:
 
 
 def test_clock_skew(fault: FaultRun) -> None:
-    if not shutil.which("faketime") and not install_faketime():
-        pytest.skip("needs Debian's faketime (apt-get install faketime failed or no root)")
     row_clock_skew(fault)
 
 
@@ -681,9 +688,6 @@ def test_soak(request: pytest.FixtureRequest, soak_run) -> None:
     failures: list[str] = []
     runs = 0
     order = list(ROWS)
-    if not shutil.which("faketime") and not install_faketime():
-        order.remove("clock_skew")
-        print("soak: clock_skew left out: faketime is missing and could not be installed")
     while time.monotonic() < deadline:
         row = order[runs % len(order)]
         seed = seeds.randrange(1, 1 << 31)
@@ -707,16 +711,4 @@ def test_soak(request: pytest.FixtureRequest, soak_run) -> None:
     print(f"soak: {runs} row runs in {minutes:g} min, {len(failures)} failed")
     assert runs > 0
     assert failures == [], "\n".join(failures)
-
-
-def install_faketime() -> bool:
-    """Debian's faketime (we are root in CI); False when that is impossible."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return False
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "faketime"]):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            if subprocess.run(argv, capture_output=True, env=env, timeout=600).returncode:
-                return False
-    return shutil.which("faketime") is not None
 
