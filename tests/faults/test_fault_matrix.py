@@ -590,9 +590,13 @@ def row_operator_during_load(f: FaultRun) -> None:
     took = time.monotonic() - cancelled
     limit = slack(2 * rig.beat + 0.5)
     assert took <= limit, f"cancelled trainer stopped after {took:.2f}s (limit {limit:.2f}s)"
-    after = rig.led.git("log", "--reverse", "--format=%H", f"{raised}..main").split()
-    first_claim = next(c for c in after
-                       if "pending->claimed" in rig.led.git("log", "-1", "--format=%B", c))
+    def first_claim_since_raise() -> str | None:
+        after = rig.led.git("log", "--reverse", "--format=%H", f"{raised}..main").split()
+        return next((c for c in after
+                     if "pending->claimed" in rig.led.git("log", "-1", "--format=%B", c)), None)
+
+    first_claim = wait_for(first_claim_since_raise, timeout=slack(30),
+                           what="a claim after the priority change")
     body = rig.led.git("log", "-1", "--format=%s", first_claim)
     assert body.startswith("claim late by"), f"first claim after the priority change: {body}"
     # requeue: a completed job runs again, at the next attempt
