@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -47,21 +49,51 @@ KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYP
 
 
 class HashingWriter:
-    """A file-like sink that hashes and counts what passes through."""
+    """A file-like sink that hashes, counts and writes what passes through on a
+    thread of its own, so that hashing and writing the bundle overlap with
+    compressing it instead of following it (bench P6). Bounded: at most DEPTH
+    chunks wait. An error writing `out` is raised again, as it was, by the
+    next write() or by close()."""
+
+    DEPTH = 8
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.sha = hashlib.sha256()
         self.size = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="bundle-sink", daemon=True)
+        self._thread.start()
 
     def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        self.out.write(data)
+        if self._error is not None:
+            raise self._error
+        self._queue.put(bytes(data))
         return len(data)
 
     def flush(self) -> None:
-        self.out.flush()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Wait until every chunk is hashed and written."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking chunks, so a blocked write() wakes up
+            try:
+                self.sha.update(data)
+                self.out.write(data)
+                self.size += len(data)
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
 
 
 def members(src: Path) -> list[tuple[str, Path, os.stat_result]]:
@@ -146,18 +178,24 @@ def pack(src: Path, out: BinaryIO, *, level: int = 3, threads: int = -1) -> Arti
         level, threads=threads if threads != 0 else 1, write_checksum=True,
         write_content_size=False, write_dict_id=False, job_size=JOB_SIZE)
     cctx = zstandard.ZstdCompressor(compression_params=params)
-    entries = members(Path(src))
-    with cctx.stream_writer(sink, closefd=False) as zout, \
-            tarfile.open(fileobj=zout, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                         bufsize=CHUNK, copybufsize=CHUNK) as tar:
-        for arcname, path, st in entries:
-            info = _tarinfo(arcname, st)
-            if info.isdir():
-                tar.addfile(info)
-                continue
-            source = _Source(path, st)
-            with source.f:
-                tar.addfile(info, source)  # type: ignore[arg-type]
+    try:
+        entries = members(Path(src))
+        with cctx.stream_writer(sink, closefd=False, write_size=CHUNK) as zout, \
+                tarfile.open(fileobj=zout, mode="w|", format=tarfile.PAX_FORMAT,
+                             encoding="utf-8", bufsize=CHUNK, copybufsize=CHUNK) as tar:
+            for arcname, path, st in entries:
+                info = _tarinfo(arcname, st)
+                if info.isdir():
+                    tar.addfile(info)
+                    continue
+                source = _Source(path, st)
+                with source.f:
+                    tar.addfile(info, source)  # type: ignore[arg-type]
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            sink.close()  # the sink's own error, if any, is secondary to this one
+        raise
+    sink.close()
     return Artifact(sha256=sink.sha.hexdigest(), size=sink.size)
 
 

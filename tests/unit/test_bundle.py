@@ -4,11 +4,13 @@ nothing outside it. Real files, real tar, real zstd."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import subprocess
 import tarfile
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -130,6 +132,39 @@ def test_pack_refuses_anything_but_files_and_directories(tmp_path: Path, kind: s
     with pytest.raises(BundleError, match="only regular files and directories") as err:
         pack(src, io.BytesIO())
     assert err.value.path == str(bad)
+
+
+class FullDisk(io.RawIOBase):
+    """A sink that takes `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.got = room, bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(self.got) + len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.got += data
+        return len(data)
+
+
+def test_a_write_error_of_the_sink_is_raised_as_it_was(tmp_path: Path) -> None:
+    """Hashing and writing run on a thread of their own (bench P6): its OSError
+    must reach the caller unchanged (the store says which side failed) and the
+    thread must end."""
+    src = tmp_path / "out"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(6 << 20))
+    with pytest.raises(OSError) as caught:
+        pack(src, FullDisk(1 << 20))
+    assert caught.value.errno == errno.ENOSPC
+    assert not [t for t in threading.enumerate() if t.name == "bundle-sink"]
+    whole = io.BytesIO()
+    artifact = pack(src, whole)
+    assert artifact.size == len(whole.getvalue())
+    assert artifact.sha256 == hashlib.sha256(whole.getvalue()).hexdigest()
 
 
 def test_pack_reads_files_in_pieces(tmp_path: Path) -> None:
