@@ -151,10 +151,18 @@ class RefWatch(threading.Thread):
 def row_worker_crash_loop(f: FaultRun) -> None:
     """SIGKILL a worker that holds a job every few seconds and restart it."""
     p = f.profile
-    rig = f.rig(quick_jobs(p.jobs, f.rng, p))
+    # the anchor runs long enough that only the parent-death signal can end its
+    # trainer within a second of the first kill
+    rig = f.rig([{"name": "anchor", "seed": 77, "priority": 10, "hyper": {"seconds": 8}},
+                 *quick_jobs(p.jobs, f.rng, p)])
     names = start_fleet(rig, p.workers)
-    orphans: list[int] = []
-    kills = 0
+    holder, pid = rig.worker_holding("anchor")
+    rig.kill_worker(holder.name)
+    wait_for(lambda: not pid_alive(pid), timeout=slack(1.0), every=0.02,
+             what="the killed holder's trainer to die with it (PR_SET_PDEATHSIG)")
+    rig.start_worker(holder.name)
+    orphans: list[int] = [pid]
+    kills = 1
     deadline = time.monotonic() + p.fault_s * f.scale
     # RELIABILITY.md: every 5 s at stale_after_s = 2, i.e. 2.5 x stale in the soak
     lo, hi = (0.75, 1.5) if p is not SOAK else (1.5, 3.0)
@@ -170,7 +178,7 @@ def row_worker_crash_loop(f: FaultRun) -> None:
         rig.kill_worker(victim)
         kills += 1
         rig.start_worker(victim)
-    assert kills >= 1, "no worker was ever killed while holding a job"
+    assert kills >= 2, "no worker was ever killed while holding a job in the loop"
     # the parent-death signal: a dead worker's trainer dies with it
     wait_for(lambda: not any(pid_alive(pid) for pid in orphans), timeout=5,
              what=f"the trainers of killed workers ({orphans}) to be gone")
