@@ -151,9 +151,11 @@ class RefWatch(threading.Thread):
 def row_worker_crash_loop(f: FaultRun) -> None:
     """SIGKILL a worker that holds a job every few seconds and restart it."""
     p = f.profile
-    # the anchor runs long enough that only the parent-death signal can end its
-    # trainer within a second of the first kill
-    rig = f.rig([{"name": "anchor", "seed": 77, "priority": 10, "hyper": {"seconds": 8}},
+    # the anchor runs long and prints rarely, so that only the parent-death signal
+    # can end its trainer within a second of the first kill (a progress line into
+    # the dead worker's pipe would end it too: SIGPIPE)
+    rig = f.rig([{"name": "anchor", "seed": 77, "priority": 10,
+                  "hyper": {"seconds": 8, "steps": 2}},
                  *quick_jobs(p.jobs, f.rng, p)])
     names = start_fleet(rig, p.workers)
     holder, pid = rig.worker_holding("anchor")

@@ -1,7 +1,7 @@
 """A tiny deterministic trainer for tests: real subprocess, real outputs, 0-3 s.
 
-Flags: --seconds S (how long to "train"), --exit-code N, --size BYTES, --fail-marker PATH
-(fail while PATH exists). Writes weights.bin (seeded bytes) and metrics.json.
+Flags: --seconds S (how long to "train"), --steps N (progress lines, one per step),
+--exit-code N, --size BYTES, --lr X. Writes weights.bin (seeded bytes) and metrics.json.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ def main() -> int:
     parser.add_argument("--exit-code", type=int, default=0)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     out = Path(os.environ["TRAINLEDGER_OUTPUT_DIR"])
     spec = json.loads(Path(os.environ["TRAINLEDGER_SPEC"]).read_text())
-    steps = 10
+    steps = max(1, args.steps)
     for i in range(steps):
         time.sleep(args.seconds / steps)
         print(f"progress: {(i + 1) / steps:.2f}", flush=True)
