@@ -35,7 +35,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
 soak: $(STAMP)
-	$(BIN)/python -m pytest tests/faults -s --soak-minutes=$${SOAK_MINUTES:-10} $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/faults -s --timeout=0 --soak-minutes=$${SOAK_MINUTES:-10} $(PYTEST_ARGS)
 
 schema: $(STAMP)
 	$(BIN)/python -m reconciler.schema docs
