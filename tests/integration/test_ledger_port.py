@@ -395,3 +395,34 @@ def test_a_batch_with_missing_and_ambiguous_names_reads_the_rest(tmp_path: Path)
                      shas[8]: ("blob", b"8\n")}
     assert repo.read_blob(shas[9]) == b"9\n"  # the same reader, still in step
     repo.close()
+
+
+def test_a_saved_parse_restores_in_a_new_reader(led: LedgerDir, tmp_path: Path) -> None:
+    """`reconciler status` and `run --once` restore the last parse (bench P4): a new
+    process reads only what changed since, and sees what a fresh parse sees."""
+    first = open_ledger(led, "status-1")
+    first.snapshot(first.fetch())
+    saved = tmp_path / "ledger.parsed"
+    first.save_parsed(saved)
+    first.close()
+    writer = open_ledger(led, "alpha")
+    writer.write(claim_one("alpha"))
+    writer.close()
+
+    again = Ledger(led.url, led.root / "cache-status-1", "status-1")
+    assert again.load_parsed(saved) is not None
+    restored = again.snapshot(again.fetch())
+    fresh_reader = open_ledger(led, "fresh")
+    fresh = fresh_reader.snapshot(fresh_reader.fetch())
+    assert restored.base is not None and len(restored.changed) == 1  # only the claim re-read
+    assert restored.states == fresh.states
+    assert restored.manifest is not None and fresh.manifest is not None
+    assert restored.manifest.specs == fresh.manifest.specs
+    assert restored.manifest.fleet == fresh.manifest.fleet
+    assert restored.manifest.manifest.hosts == fresh.manifest.manifest.hosts
+    again.close()
+    fresh_reader.close()
+
+    saved.chmod(0o664)  # writable by others: never unpickled
+    assert Ledger(led.url, led.root / "cache-x", "x").load_parsed(saved) is None
+    assert Ledger(led.url, led.root / "cache-y", "y").load_parsed(tmp_path / "none") is None
