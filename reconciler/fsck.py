@@ -36,10 +36,12 @@ from reconciler.status import cache_for
 from reconciler.store import LocalStore, open_store
 from reconciler.validate import OPERATOR_FILES, STATE_RE, ZERO, Context, Diff, context_at
 
+TEMP_AGE_S = 3600.0  # a store temp file untouched this long is a dead put
 LOCK_AGE_S = 60.0
 
 
-def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path) -> dict[str, Any]:
+def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path, fix: bool = False,
+                  now: float = 0.0) -> dict[str, Any]:
     snap = ledger.snapshot()
     url = store_url or (snap.manifest.fleet.store if snap.manifest else None)
     if not url:
@@ -59,8 +61,28 @@ def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path) -> dic
     if isinstance(store, LocalStore):
         out["unreferenced"] = sorted(set(store.iter_shas()) - referenced)
         base = store.root / "sha256"
-        out["temp_files"] = sorted(str(p) for p in base.glob("*/.put-*")) if base.is_dir() else []
+        temps = sorted(base.glob("*/.put-*")) if base.is_dir() else []
+        # a put that died (worker killed mid-write) leaves its temp file; one still
+        # being written is younger than TEMP_AGE_S, since every write touches it
+        removed = [p for p in temps if fix and _older_than(p, now, TEMP_AGE_S) and _unlink(p)]
+        out["temp_files"] = [str(p) for p in temps if p not in removed]
+        out["temp_files_removed"] = [str(p) for p in removed]
     return out
+
+
+def _older_than(path: Path, now: float, age_s: float) -> bool:
+    try:
+        return now - path.lstat().st_mtime > age_s
+    except FileNotFoundError:
+        return False
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def lock_holders(path: Path) -> list[int] | None:
@@ -237,7 +259,8 @@ def fsck(url: str, store_url: str | None, fix: bool, with_history: bool) -> dict
         if tip is None:
             raise LedgerError(f"{url}: no main branch")
         report: dict[str, Any] = {"revision": tip,
-                                  "bundles": check_bundles(ledger, store_url, state_dir)}
+                                  "bundles": check_bundles(ledger, store_url, state_dir, fix,
+                                                           time.time())}
         path = Path(url.removeprefix("file://"))
         if not is_ssh(url) and (path / "HEAD").exists():
             report["repository"] = check_repo(path, fix, time.time())
@@ -269,6 +292,11 @@ def cmd_fsck(args: argparse.Namespace) -> int:
               f"unreferenced {len(b.get('unreferenced', []))}")
         for item in b.get("missing", []) + b.get("corrupt", []):
             print(f"  {item['job']}: {item['sha256']}")
+        for temp in b.get("temp_files_removed", []):
+            print(f"store temp file {temp}: removed")
+        for temp in b.get("temp_files", []):
+            print(f"store temp file {temp}: left (an unfinished put; --fix removes it once "
+                  f"{TEMP_AGE_S / 3600:.0f} h old)")
         repo = report.get("repository")
         if repo:
             print(f"git fsck: {'ok' if repo['git_fsck_ok'] else 'PROBLEMS'}")
@@ -292,7 +320,8 @@ def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
     add_ledger_arg(parser)
     parser.add_argument("--store", help="store path or ssh:// URL (default: the manifest's)")
     parser.add_argument("--fix", action="store_true",
-                        help=f"remove ref locks older than {LOCK_AGE_S:.0f}s")
+                        help=f"remove ref locks older than {LOCK_AGE_S:.0f}s and store "
+                        f"temp files untouched for {TEMP_AGE_S / 3600:.0f} h")
     parser.add_argument("--history", action="store_true", help="replay and re-judge main")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=cmd_fsck)

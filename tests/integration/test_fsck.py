@@ -93,6 +93,24 @@ def test_stale_ref_locks_are_removed_only_when_old_and_unheld(tmp_path: Path) ->
     assert young.exists() and held.exists() and not report["ok"]
 
 
+def test_dead_puts_temp_files_are_reported_and_removed_only_when_old(tmp_path: Path) -> None:
+    """A worker killed mid-put leaves its temp file in the store: fsck names it,
+    and --fix removes it once nothing has written to it for an hour."""
+    led = make_ledger(tmp_path, jobs=1)
+    tmp = led.store / "sha256" / ".tmp"
+    tmp.mkdir(parents=True)
+    dead, live = tmp / ".put-1-aaaaaa.tmp", tmp / ".put-2-bbbbbb.tmp"
+    dead.write_bytes(b"half a bundle")
+    live.write_bytes(b"a bundle being written")
+    os.utime(dead, (OLD - 600, OLD - 600))  # over an hour untouched
+    report = fsck(led.url, str(led.store), fix=False, with_history=False)
+    assert report["bundles"]["temp_files"] == [str(dead), str(live)]
+    assert report["bundles"]["temp_files_removed"] == [] and dead.exists()
+    report = fsck(led.url, str(led.store), fix=True, with_history=False)
+    assert report["bundles"]["temp_files_removed"] == [str(dead)] and not dead.exists()
+    assert report["bundles"]["temp_files"] == [str(live)] and live.exists()
+
+
 def test_history_replay_reports_what_a_missing_hook_let_through(tmp_path: Path) -> None:
     led = make_ledger(tmp_path, jobs=[{"name": "x", "seed": 1}, {"name": "y", "seed": 2}],
                       hooks=False)
