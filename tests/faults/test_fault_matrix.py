@@ -88,6 +88,23 @@ def push_stale_result(rig: Rig, worker: str, job_name: str, attempt: int) -> str
                          f"attempt {attempt}")
 
 
+def edit_manifest(rig: Rig, old: str, new: str, subject: str) -> str:
+    """An operator's commit replacing `old` by `new` in manifest.toml; its sha."""
+    ledger = as_host(rig, "operator", "operator")
+
+    def edit(snap):
+        text = ledger.repo.git("show", f"{snap.revision}:manifest.toml").stdout.decode()
+        assert old in text, f"{old!r} is not in the manifest"
+        return Proposal({"manifest.toml": text.replace(old, new).encode()}, [], subject)
+
+    try:
+        commit = ledger.write(edit).commit
+    finally:
+        ledger.close()
+    assert commit is not None
+    return commit
+
+
 def start_fleet(rig: Rig, n: int, *extra: str, reconciler: bool = True) -> list[str]:
     if reconciler:
         rig.start_reconciler()
@@ -334,16 +351,7 @@ def row_claim_storm(f: FaultRun) -> None:
              what="all six workers to be up and beating")
     time.sleep(3 * rig.beat)
     # the barrier: the job becomes eligible for everyone in one commit
-    ledger = as_host(rig, "operator", "operator")
-    try:
-        def open_up(snap):
-            text = ledger.repo.git("show", f"{snap.revision}:manifest.toml").stdout.decode()
-            new = text.replace('allowed_hosts = ["nobody"]\n', "")
-            assert new != text
-            return Proposal({"manifest.toml": new.encode()}, [], "open prize to every host")
-        ledger.write(open_up)
-    finally:
-        ledger.close()
+    edit_manifest(rig, 'allowed_hosts = ["nobody"]\n', "", "open prize to every host")
     report = f.check(rig)
     # one winner for attempt 1, and only it believes it won
     winners = [n for n in names if "event=claim job=prize attempt=1 " in rig.workers[n].text()]
@@ -583,16 +591,7 @@ def row_operator_during_load(f: FaultRun) -> None:
 
     # priority: late goes from last to first; the next claim on main is late's
     assert rig.state("late").status is Status.PENDING
-    ledger = as_host(rig, "operator", "operator")
-    try:
-        def raise_late(snap):
-            text = ledger.repo.git("show", f"{snap.revision}:manifest.toml").stdout.decode()
-            new = text.replace("priority = -5\n", "priority = 100\n")
-            assert new != text
-            return Proposal({"manifest.toml": new.encode()}, [], "priority of late to 100")
-        raised = ledger.write(raise_late).commit
-    finally:
-        ledger.close()
+    raised = edit_manifest(rig, "priority = -5\n", "priority = 100\n", "priority of late to 100")
     # cancel: the running trainer stops within two beats of the commit landing
     operator("cancel", "long")
     cancelled = time.monotonic()
