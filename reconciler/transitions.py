@@ -36,7 +36,8 @@ class Actor:
         return self.name if self.name == self.role.value else f"{self.name} ({self.role.value})"
 
 
-Check = Callable[[JobState, JobState, Actor, int], str | None]  # None = legal, else the rule
+Budget = Callable[[], int]  # max_attempts, read only by a sweep's check
+Check = Callable[[JobState, JobState, Actor, Budget], str | None]  # None = legal, else the rule
 
 
 def _same(old: JobState, new: JobState, *fields: str) -> str | None:
@@ -54,7 +55,7 @@ def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:
     return None
 
 
-def _claim(old: JobState, new: JobState, actor: Actor, _max: int) -> str | None:
+def _claim(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
     if new.attempt != old.attempt + 1:
         return f"a claim must raise the attempt by one ({old.attempt} -> {old.attempt + 1})"
     if new.holder != actor.name:
@@ -62,51 +63,51 @@ def _claim(old: JobState, new: JobState, actor: Actor, _max: int) -> str | None:
     return _same(old, new, "lost", "cpu_ok")
 
 
-def _start(old: JobState, new: JobState, actor: Actor, _max: int) -> str | None:
+def _start(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
     return _fenced(old, new, actor) or _same(old, new, "holder", "lost", "cpu_ok")
 
 
-def _finish(old: JobState, new: JobState, actor: Actor, _max: int) -> str | None:
+def _finish(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
     return _fenced(old, new, actor) or _same(old, new, "lost", "cpu_ok")
 
 
-def _release(old: JobState, new: JobState, actor: Actor, _max: int) -> str | None:
+def _release(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
     rule = _fenced(old, new, actor) or _same(old, new, "cpu_ok")
     if rule is None and new.lost not in (old.lost, old.lost + 1):
         rule = f"a release keeps the budget or spends one claim (lost {old.lost} -> {new.lost})"
     return rule
 
 
-def _sweep_pending(old: JobState, new: JobState, _actor: Actor, max_attempts: int) -> str | None:
+def _sweep_pending(old: JobState, new: JobState, _actor: Actor, budget: Budget) -> str | None:
     rule = _same(old, new, "attempt", "cpu_ok")
     if rule is None and new.lost != old.lost + 1:
         rule = f"a sweep spends one claim (lost {old.lost} -> {old.lost + 1}, not {new.lost})"
-    if rule is None and new.lost >= max_attempts:
+    if rule is None and new.lost >= (max_attempts := budget()):
         rule = f"budget spent ({new.lost} of {max_attempts} claims lost): sweep to failed"
     return rule
 
 
-def _sweep_failed(old: JobState, new: JobState, _actor: Actor, max_attempts: int) -> str | None:
+def _sweep_failed(old: JobState, new: JobState, _actor: Actor, budget: Budget) -> str | None:
     rule = _same(old, new, "attempt", "cpu_ok")
     if rule is None and new.lost != old.lost + 1:
         rule = f"a sweep spends one claim (lost {old.lost} -> {old.lost + 1}, not {new.lost})"
-    if rule is None and new.lost < max_attempts:
+    if rule is None and new.lost < (max_attempts := budget()):
         rule = f"budget not spent ({new.lost} of {max_attempts}): sweep to pending"
     return rule
 
 
-def _cancel(old: JobState, new: JobState, _actor: Actor, _max: int) -> str | None:
+def _cancel(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str | None:
     return _same(old, new, "attempt", "lost", "cpu_ok")
 
 
-def _requeue(old: JobState, new: JobState, _actor: Actor, _max: int) -> str | None:
+def _requeue(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str | None:
     rule = _same(old, new, "attempt")
     if rule is None and new.lost != 0:
         rule = "a requeue resets the budget (lost must be 0)"
     return rule
 
 
-def _open_grace(old: JobState, new: JobState, _actor: Actor, _max: int) -> str | None:
+def _open_grace(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str | None:
     rule = _same(old, new, "attempt", "lost", "holder", "artifact")
     if rule is None and old.cpu_ok == new.cpu_ok and old.last_error == new.last_error:
         rule = "no change"
@@ -141,10 +142,12 @@ class Verdict:
 
 
 def check_transition(
-    old: JobState | None, new: JobState | None, actor: Actor, *, max_attempts: int
+    old: JobState | None, new: JobState | None, actor: Actor, *, max_attempts: int | Budget
 ) -> Verdict:
     """Judge one state file change; raise `IllegalTransition` naming job, attempt,
-    holder and the rule that was broken."""
+    holder and the rule that was broken. `max_attempts` may be given as a callable:
+    only a sweep reads it, so the hook loads the manifest for nothing else."""
+    budget: Budget = max_attempts if callable(max_attempts) else (lambda: max_attempts)
     if new is None:
         job = old.job_id if old else "?"
         _deny(old, f"job {job}: state files are never deleted", actor, "delete")
@@ -164,7 +167,7 @@ def check_transition(
     for role, check, meaning in rows:
         if role is not actor.role:
             continue
-        rule = check(old, new, actor, max_attempts)
+        rule = check(old, new, actor, budget)
         if rule is None:
             return Verdict(label, meaning)
         reasons.append(f"{meaning}: {rule}")

@@ -223,6 +223,29 @@ def test_sweep_goes_to_pending_until_the_budget_is_spent(max_attempts: int, held
             check_transition(old, to(old, wrong, lost=lost + 1), REC, max_attempts=max_attempts)
 
 
+def test_only_a_sweep_reads_the_budget() -> None:
+    """The hook passes the budget lazily: reading it loads the manifest (pydantic,
+    ~0.2 s), which no claim, start, completion, create or cancel should pay for."""
+    reads: list[int] = []
+
+    def budget() -> int:
+        reads.append(MAX)
+        return MAX
+
+    old = st(P, attempt=1, lost=0)
+    check_transition(old, to(old, C, attempt=2, holder="w1"), W1, max_attempts=budget)
+    held = st(R)
+    check_transition(held, to(held, DONE), W1, max_attempts=budget)
+    check_transition(held, to(held, CANC), OP, max_attempts=budget)
+    check_transition(None, JobState(job_id=JOB, name="gbt-small", status=P, attempt=0), REC,
+                     max_attempts=budget)
+    assert reads == []
+    check_transition(held, to(held, P, lost=1), REC, max_attempts=budget)
+    spent = st(R, lost=MAX - 1)
+    check_transition(spent, to(spent, FAIL, lost=MAX), REC, max_attempts=budget)
+    assert reads == [MAX, MAX]
+
+
 @pytest.mark.parametrize("new_lost", [0, 2])
 def test_a_sweep_spends_exactly_one_claim(new_lost: int) -> None:
     old = st(R, lost=0)
