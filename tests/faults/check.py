@@ -28,6 +28,17 @@ ROLES = {"reconciler": "reconciler", "operator": "operator"}  # anyone else is a
 ZERO = "0" * 40
 
 
+def load_factor() -> float:
+    """How much slower than an idle machine this one is now (1.0 when idle, at
+    most 10): bounds on how *late* something may happen are stretched by it.
+    Bounds on how *early* something may happen never are."""
+    return min(10.0, max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
+
+
+def slack(seconds: float) -> float:
+    return seconds * load_factor()
+
+
 @dataclass
 class Replay:
     commits: int = 0
@@ -192,8 +203,8 @@ def check_c(rig, *, row: str, seed: int, deadline_s: float | None = None,
     ref locks, no store temp files; (g) failed only with the budget spent or a
     trainer error. `failed_ok`: job names the row failed on purpose."""
     t0 = time.monotonic()
-    if deadline_s is None:  # stretched on a loaded machine (harness.load_factor)
-        deadline_s = 90.0 * min(10.0, max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
+    if deadline_s is None:
+        deadline_s = slack(90.0)
     led, max_attempts = rig.led, rig.settings["max_attempts"]
 
     def all_terminal():

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from unittest import mock
 
 import pytest
-from faults.check import Report, check_c
+from faults.check import Report, check_c, load_factor
 from faults.proxy import Proxy
 
 from ledgerkit import LedgerDir, make_ledger
@@ -47,17 +47,6 @@ if TYPE_CHECKING:
 FLEET = {"heartbeat_s": 0.3, "stale_after_s": 2, "max_attempts": 4, "prefer_cuda_grace_s": 1}
 TIMES = ("heartbeat_s", "stale_after_s", "prefer_cuda_grace_s")
 MAX_SCALE = 8.0
-
-
-def load_factor() -> float:
-    """How much slower than an idle machine this one is now (1.0 when idle, at
-    most 10): bounds on how *late* something may happen are stretched by it.
-    Bounds on how *early* something may happen never are."""
-    return min(10.0, max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
-
-
-def slack(seconds: float) -> float:
-    return seconds * load_factor()
 
 
 def beat_cost(root: Path, sshd: SshServer | None) -> float:

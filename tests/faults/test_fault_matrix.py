@@ -25,7 +25,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from faults.check import fsck_json
+from faults.check import fsck_json, slack
 from faults.harness import (
     ROOMY_TRAINER,
     SKEWED,
@@ -33,7 +33,6 @@ from faults.harness import (
     FaultRun,
     Rig,
     quick_jobs,
-    slack,
     soak_minutes,
 )
 
