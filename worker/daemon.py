@@ -72,6 +72,8 @@ class Worker:
         self.exited = threading.Event()  # a trainer's output closed
         self._lock = threading.Lock()
         self._revoked: dict[tuple[str, int], str] = {}
+        # (job_id, attempt) -> when our last write about it that landed was sent
+        self._leased: dict[tuple[str, int], float] = {}
         self._signals = 0
         self._unreachable_since: float | None = None
         self._eligible_jobs = EligibleJobs()
@@ -145,6 +147,17 @@ class Worker:
         fleet = self._fleet()
         return fleet.heartbeat_s if fleet else 5.0
 
+    def _lease_age(self, job_id: str, attempt: int) -> float:
+        """Seconds since the last sign of life of this job that we know landed was
+        sent: our claim or other write about it, or a successful heartbeat that
+        listed it. The reconciler saw it no earlier, so while this stays under the
+        renew deadline it cannot have swept us. A beat sent before the job was
+        started does not count, even if it lands after."""
+        key = (job_id, attempt)
+        since = max(self._leased.get(key, float("-inf")),
+                    self.beater.renewed.get(key, float("-inf")))
+        return self.clock() - since
+
     def _tick_s(self) -> float:
         return min(self.config.poll_s, self._heartbeat_s())
 
@@ -180,9 +193,11 @@ class Worker:
         if free <= 0 or self.stopping.is_set():
             return False
         chosen: list[tuple[JobSpec, JobState]] = []
+        sent = [0.0]
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
+            sent[0] = self.clock()
             loaded = self._observe(snap)
             if loaded is None:
                 return None
@@ -204,6 +219,7 @@ class Worker:
         for spec, state in chosen:
             event("claim", job=spec.name, attempt=state.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
+            self._leased[(spec.job_id, state.attempt)] = sent[0]
             self.claimed_total += 1
             self._start(spec, state.attempt)
         self._commit_start([(s.job_id, st.attempt) for s, st in chosen])
@@ -300,11 +316,12 @@ class Worker:
                 event("revoked", job=run.spec.name, attempt=attempt, reason=repr(why))
                 run.stop(why, grace_s=self.config.stop_grace_s)
                 self._forget(run)
-        if self.runs and self.clock() - self.beater.last_ok > self._renew_deadline_s():
-            silent = self.clock() - self.beater.last_ok
-            for run in list(self.runs.values()):
+        deadline = self._renew_deadline_s()
+        for run in list(self.runs.values()):
+            silent = self._lease_age(run.spec.job_id, run.attempt)
+            if silent > deadline:
                 event("self-fence", job=run.spec.name, attempt=run.attempt,
-                      reason=f"no successful heartbeat for {silent:.1f}s")
+                      reason=f"no heartbeat listing it landed for {silent:.1f}s")
                 run.stop(f"lease probably lost: no heartbeat for {silent:.1f}s",
                          grace_s=self.config.stop_grace_s)
                 self._release({run.spec.job_id: (run.attempt, "released: lease lost")},
@@ -402,6 +419,7 @@ class Worker:
     def _forget(self, run: TrainerRun) -> None:
         if self.runs.get(run.spec.job_id) is run:
             del self.runs[run.spec.job_id]
+        self._leased.pop((run.spec.job_id, run.attempt), None)
         shutil.rmtree(run.dir, ignore_errors=True)
 
     # ---------------------------------------------------------- fenced writes
@@ -413,9 +431,11 @@ class Worker:
         failing past the renew deadline, or the job was revoked, the reconciler
         owns the job again and the write is dropped."""
         written: set[str] = set()
+        sent = [0.0]
 
         def build(snap: Snapshot) -> Proposal | None:
             written.clear()
+            sent[0] = self.clock()
             states, changes = [], []
             for job_id, (attempt, status, make, label, meaning) in updates.items():
                 cur = snap.states.get(job_id)
@@ -434,8 +454,14 @@ class Worker:
         while True:
             outcome = self._write(build, "record")
             if outcome is not None:
-                return written if outcome.commit else set()
-            lease_lost = self.clock() - self.beater.last_ok > self._renew_deadline_s()
+                if not outcome.commit:
+                    return set()
+                for job_id in written:
+                    self._leased[(job_id, updates[job_id][0])] = sent[0]
+                return written
+            deadline = self._renew_deadline_s()
+            lease_lost = all(self._lease_age(job_id, attempt) > deadline
+                             for job_id, (attempt, *_) in updates.items())
             with self._lock:
                 revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
             if lease_lost or revoked or self._signals > 1:
