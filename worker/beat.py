@@ -64,10 +64,7 @@ class Beater(threading.Thread):
         self.on_revoked = on_revoked
         self.interval = interval
         self.clock = clock
-        # (job_id, attempt) -> when the last successful beat that listed it was sent:
-        # the reconciler cannot have seen that beat earlier, so a lease counted from
-        # here never outlives the reconciler's view of it
-        self.renewed: dict[tuple[str, int], float] = {}
+        self.last_ok = clock()
         self.seq = 0
         self._halt = threading.Event()
         self._wake = threading.Event()
@@ -95,7 +92,6 @@ class Beater(threading.Thread):
                           last_line=h.last_line) for h in held],
         )
         self.seq += 1
-        sent = self.clock()
         try:
             self.ledger.push_heartbeat(beat)
             if not final:
@@ -116,5 +112,5 @@ class Beater(threading.Thread):
             log.info("event=beat-restored worker=%s outage_s=%.1f", self.worker,
                      self.clock() - self._outage_since)
             self._outage_since = None
-        self.renewed = {(h.job_id, h.attempt): sent for h in held}
+        self.last_ok = self.clock()
         return True

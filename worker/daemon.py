@@ -72,8 +72,6 @@ class Worker:
         self.exited = threading.Event()  # a trainer's output closed
         self._lock = threading.Lock()
         self._revoked: dict[tuple[str, int], str] = {}
-        # (job_id, attempt) -> when our last write about it that landed was sent
-        self._leased: dict[tuple[str, int], float] = {}
         self._signals = 0
         self._unreachable_since: float | None = None
         self._eligible_jobs = EligibleJobs()
@@ -147,17 +145,6 @@ class Worker:
         fleet = self._fleet()
         return fleet.heartbeat_s if fleet else 5.0
 
-    def _lease_age(self, job_id: str, attempt: int) -> float:
-        """Seconds since the last sign of life of this job that we know landed was
-        sent: our claim or other write about it, or a successful heartbeat that
-        listed it. The reconciler saw it no earlier, so while this stays under the
-        renew deadline it cannot have swept us. A beat sent before the job was
-        started does not count, even if it lands after."""
-        key = (job_id, attempt)
-        since = max(self._leased.get(key, float("-inf")),
-                    self.beater.renewed.get(key, float("-inf")))
-        return self.clock() - since
-
     def _tick_s(self) -> float:
         return min(self.config.poll_s, self._heartbeat_s())
 
@@ -193,11 +180,9 @@ class Worker:
         if free <= 0 or self.stopping.is_set():
             return False
         chosen: list[tuple[JobSpec, JobState]] = []
-        sent = [0.0]
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
-            sent[0] = self.clock()
             loaded = self._observe(snap)
             if loaded is None:
                 return None
@@ -219,7 +204,6 @@ class Worker:
         for spec, state in chosen:
             event("claim", job=spec.name, attempt=state.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
-            self._leased[(spec.job_id, state.attempt)] = sent[0]
             self.claimed_total += 1
             self._start(spec, state.attempt)
         self._commit_start([(s.job_id, st.attempt) for s, st in chosen])
@@ -316,12 +300,11 @@ class Worker:
                 event("revoked", job=run.spec.name, attempt=attempt, reason=repr(why))
                 run.stop(why, grace_s=self.config.stop_grace_s)
                 self._forget(run)
-        deadline = self._renew_deadline_s()
-        for run in list(self.runs.values()):
-            silent = self._lease_age(run.spec.job_id, run.attempt)
-            if silent > deadline:
+        if self.runs and self.clock() - self.beater.last_ok > self._renew_deadline_s():
+            silent = self.clock() - self.beater.last_ok
+            for run in list(self.runs.values()):
                 event("self-fence", job=run.spec.name, attempt=run.attempt,
-                      reason=f"no heartbeat listing it landed for {silent:.1f}s")
+                      reason=f"no successful heartbeat for {silent:.1f}s")
                 run.stop(f"lease probably lost: no heartbeat for {silent:.1f}s",
                          grace_s=self.config.stop_grace_s)
                 self._release({run.spec.job_id: (run.attempt, "released: lease lost")},
@@ -419,7 +402,6 @@ class Worker:
     def _forget(self, run: TrainerRun) -> None:
         if self.runs.get(run.spec.job_id) is run:
             del self.runs[run.spec.job_id]
-        self._leased.pop((run.spec.job_id, run.attempt), None)
         shutil.rmtree(run.dir, ignore_errors=True)
 
     # ---------------------------------------------------------- fenced writes
@@ -431,11 +413,9 @@ class Worker:
         failing past the renew deadline, or the job was revoked, the reconciler
         owns the job again and the write is dropped."""
         written: set[str] = set()
-        sent = [0.0]
 
         def build(snap: Snapshot) -> Proposal | None:
             written.clear()
-            sent[0] = self.clock()
             states, changes = [], []
             for job_id, (attempt, status, make, label, meaning) in updates.items():
                 cur = snap.states.get(job_id)
@@ -454,14 +434,8 @@ class Worker:
         while True:
             outcome = self._write(build, "record")
             if outcome is not None:
-                if not outcome.commit:
-                    return set()
-                for job_id in written:
-                    self._leased[(job_id, updates[job_id][0])] = sent[0]
-                return written
-            deadline = self._renew_deadline_s()
-            lease_lost = all(self._lease_age(job_id, attempt) > deadline
-                             for job_id, (attempt, *_) in updates.items())
+                return written if outcome.commit else set()
+            lease_lost = self.clock() - self.beater.last_ok > self._renew_deadline_s()
             with self._lock:
                 revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
             if lease_lost or revoked or self._signals > 1:

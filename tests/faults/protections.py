@@ -56,11 +56,12 @@ MUTATIONS = [
              "suffices, so both are removed)", "worker/beat.py",
              "why = revocation(snap.states.get(h.job_id), self.worker, h.attempt)",
              "why = None",
-             also=(("worker/daemon.py", "            if silent > deadline:\n",
-                    "            if False:\n"),)),
+             also=(("worker/daemon.py", "if self.runs and self.clock() - self.beater.last_ok "
+                    "> self._renew_deadline_s():", "if False:"),)),
     Mutation("partition", "a holder without a beat for 2/3 stale_after_s stops its trainer "
              "(self-fence)", "worker/daemon.py",
-             "            if silent > deadline:\n", "            if False:\n"),
+             "if self.runs and self.clock() - self.beater.last_ok > self._renew_deadline_s():",
+             "if False:"),
     Mutation("ambiguous_push", "a push of unknown result is checked against the ledger "
              "(`landed`) before anything is retried", "reconciler/ledger.py",
              "                    if self.landed(sha):", "                    if False:"),
