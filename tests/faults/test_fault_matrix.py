@@ -87,14 +87,18 @@ def push_stale_result(rig: Rig, worker: str, job_name: str, attempt: int) -> str
                          f"attempt {attempt}")
 
 
-def edit_manifest(rig: Rig, old: str, new: str, subject: str) -> str:
-    """An operator's commit replacing `old` by `new` in manifest.toml; its sha."""
+def edit_manifest(rig: Rig, old: str, new: str, subject: str,
+                  also: tuple[tuple[str, str], ...] = ()) -> str:
+    """An operator's commit replacing `old` by `new` (and each pair of `also`) in
+    manifest.toml, every occurrence; its sha."""
     ledger = as_host(rig, "operator", "operator")
 
     def edit(snap):
         text = ledger.repo.git("show", f"{snap.revision}:manifest.toml").stdout.decode()
-        assert old in text, f"{old!r} is not in the manifest"
-        return Proposal({"manifest.toml": text.replace(old, new).encode()}, [], subject)
+        for was, now in ((old, new), *also):
+            assert was in text, f"{was!r} is not in the manifest"
+            text = text.replace(was, now)
+        return Proposal({"manifest.toml": text.encode()}, [], subject)
 
     try:
         commit = ledger.write(edit).commit
@@ -577,9 +581,14 @@ def row_same_bundle_twice(f: FaultRun) -> None:
 def row_operator_during_load(f: FaultRun) -> None:
     """Cancel a running job, raise a priority, requeue a completed job, under load."""
     p = f.profile
+    # late and rival are held back (no host may take them) until the operator's
+    # commit opens both and raises late above rival: however fast the fleet has
+    # drained the others by then, the first claim after it shows the priority
+    held_back = {"allowed_hosts": ["nobody"], "hyper": {"seconds": 1}}
     rig = f.rig([{"name": "long", "seed": 99, "priority": 5, "hyper": {"seconds": 60}},
                  *quick_jobs(p.jobs, f.rng, p),
-                 {"name": "late", "seed": 98, "priority": -5, "hyper": {"seconds": 1}}])
+                 {"name": "rival", "seed": 97, "priority": 50, **held_back},
+                 {"name": "late", "seed": 98, "priority": -5, **held_back}])
     names = start_fleet(rig, p.workers)
     _, pid = rig.worker_holding("long")
     wait_for(lambda: rig.state("long").status is Status.RUNNING, what="long to run")
@@ -593,7 +602,9 @@ def row_operator_during_load(f: FaultRun) -> None:
 
     # priority: late goes from last to first; the next claim on main is late's
     assert rig.state("late").status is Status.PENDING
-    raised = edit_manifest(rig, "priority = -5\n", "priority = 100\n", "priority of late to 100")
+    raised = edit_manifest(rig, "priority = -5\n", "priority = 100\n",
+                           "priority of late to 100; open late and rival to every host",
+                           also=(('allowed_hosts = ["nobody"]\n', ""),))
     # cancel: the running trainer stops within two beats of the commit landing
     operator("cancel", "long")
     cancelled = time.monotonic()
