@@ -24,11 +24,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from reconciler.errors import StoreError
 from reconciler.sshconn import is_ssh, ssh_command
 from reconciler.state import Artifact  # not schema: no pydantic in the forced command
+from reconciler.writeback import WritebackFile
 
 CHUNK = 1 << 20
 GET_MISMATCH = 3  # serve_get's exit code for a bundle that does not re-hash
@@ -278,7 +279,8 @@ class LocalStore(_Common):
                      0o644, dir_fd=dfd)
         try:
             with os.fdopen(fd, "wb", buffering=CHUNK) as out:
-                result = fill(out)
+                # write() is all a fill uses; the disk gets the bytes as they come
+                result = fill(cast(BinaryIO, WritebackFile(out)))
                 out.flush()
                 os.fsync(out.fileno())
             return name, result
