@@ -97,7 +97,7 @@ in P7.
 CONDITIONS = """\
 **Conditions of this run.** A quiet machine: nothing else ran, and the
 1-minute load average stayed near 1-2 except during P2's K=16 and K=32 races
-(up to 5.4 on 2 cores; P2 records it per race). An earlier full run on
+(up to 6.4 on 2 cores; P2 records it per race). An earlier full run on
 2026-11-22 ran beside other suites at load 10-20 and took 918 s; its ratios
 agreed within the spreads for P1, P5 and P7, while the figures that depend on
 CPU left over (P2 at K=32, P4 status, P6) were worse there.
@@ -117,15 +117,18 @@ MISS_REASONS: dict[str, str] = {
     "p99 claim latency": (
         "By Little's law a closed loop of K claimers waits K/X per claim on average "
         "when the ledger serves X claims/s, whatever the backoff: 32 claimers at "
-        "~5.5 claims/s wait ~6 s on average, so a p99 under 2 s would need ~16+ "
+        "~6.5 claims/s wait ~5 s on average, so a p99 under 2 s would need ~16+ "
         "claims/s, a push through receive-pack and the hook in under 60 ms on this "
-        "machine (it takes ~150 ms alone, K=1). The p99 shown is the window's "
-        "length, and it shows a capture effect: with a no-op trainer a winner asks "
-        "again at once while a loser's backoff grows (up to 10 s), so a few claimers "
-        "win most rounds and some never claim within the window (open waits of the "
-        "whole 35 s, even one at K=4). Nothing is lost or claimed twice. In a fleet a "
-        "winner leaves the race to train, so in a claim storm the contention falls "
-        "with every win; fairer backoff under a saturated ledger is open work"),
+        "machine (it takes ~105 ms alone, K=1, and the K=32 race shares 2 cores "
+        "with the server). The p99 shown is the window's length, and it shows a "
+        "capture effect: with a no-op trainer a winner asks again at once while a "
+        "loser's backoff grows (up to 10 s), so a few claimers win most rounds and "
+        "some never claim within the window (open waits of the whole 35 s at K=16 "
+        "and K=32; at K=4 the p99 was 0.28 s in the run of 2026-12-01, while an "
+        "earlier run saw one open wait there too). Nothing is lost or claimed twice. "
+        "In a fleet a winner leaves the race to train, so in a claim storm the "
+        "contention falls with every win; fairer backoff under a saturated ledger "
+        "is open work"),
     "status at": (
         "`reconciler status` is a fresh process each time. With the parse cache it "
         "restores its last parse and reads only what changed, but it still starts "
