@@ -386,7 +386,12 @@ def row_claim_storm(f: FaultRun) -> None:
 def row_reconciler_crash_loop(f: FaultRun) -> None:
     """SIGKILL the reconciler again and again; also kill a holder just before a restart."""
     p = f.profile
-    rig = f.rig(quick_jobs(p.jobs, f.rng, p))
+    # anchor trains past the loop's first kill (at most 1.75 x stale after the first
+    # start): under load the quick jobs spend most of their time bundling and
+    # pushing, so without it a check could find no live trainer at all (seen once)
+    rig = f.rig([{"name": "anchor", "seed": 61, "priority": 10,
+                  "hyper": {"seconds": round(2 * f.stale + 1, 1)}},
+                 *quick_jobs(p.jobs, f.rng, p)])
     names = start_fleet(rig, p.workers, reconciler=False)
     deadline = time.monotonic() + p.fault_s * f.scale
     killed_holder = False
