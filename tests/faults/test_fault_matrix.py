@@ -87,6 +87,12 @@ def push_stale_result(rig: Rig, worker: str, job_name: str, attempt: int) -> str
                          f"attempt {attempt}")
 
 
+# A job no host may take until an operator's commit replaces HELD_BACK_LINE (how
+# ledgerkit renders HELD_BACK): the row decides when it becomes claimable.
+HELD_BACK = {"allowed_hosts": ["nobody"]}
+HELD_BACK_LINE = 'allowed_hosts = ["nobody"]\n'
+
+
 def edit_manifest(rig: Rig, old: str, new: str, subject: str,
                   also: tuple[tuple[str, str], ...] = ()) -> str:
     """An operator's commit replacing `old` by `new` (and each pair of `also`) in
@@ -351,7 +357,7 @@ def row_ambiguous_push(f: FaultRun) -> None:
 def row_claim_storm(f: FaultRun) -> None:
     """6 workers, 1 job, released to all of them at once by one manifest commit."""
     rig = f.rig([{"name": "prize", "seed": 1, "hyper": {"seconds": 1},
-                  "allowed_hosts": ["nobody"]}])
+                  **HELD_BACK}])
     rig.start_reconciler()
     names = [f"s{i}" for i in range(6)]
     traces = {n: rig.root / f"trace-{n}.txt" for n in names}
@@ -361,7 +367,7 @@ def row_claim_storm(f: FaultRun) -> None:
              what="all six workers to be up and beating")
     time.sleep(3 * rig.beat)
     # the barrier: the job becomes eligible for everyone in one commit
-    edit_manifest(rig, 'allowed_hosts = ["nobody"]\n', "", "open prize to every host")
+    edit_manifest(rig, HELD_BACK_LINE, "", "open prize to every host")
     report = f.check(rig)
     # one winner for attempt 1, and only it believes it won
     winners = [n for n in names if "event=claim job=prize attempt=1 " in rig.workers[n].text()]
@@ -482,8 +488,7 @@ def row_server_kill_mid_push(f: FaultRun) -> None:
     # spare is w2's next push to main whatever the rest of the fleet has done by
     # then: it is held back until step 2 opens it to w2
     rig = f.rig([*quick_jobs(p.jobs, f.rng, p),
-                 {"name": "spare", "seed": 50, "hyper": {"seconds": 1},
-                  "allowed_hosts": ["nobody"]}])
+                 {"name": "spare", "seed": 50, "hyper": {"seconds": 1}, **HELD_BACK}])
     rig.arm("after", "committed", "w1", "start", "kill")
     rig.disrupted |= {"w1", "w2"}
     start_fleet(rig, p.workers)
@@ -496,8 +501,7 @@ def row_server_kill_mid_push(f: FaultRun) -> None:
     # 2. killed holding refs/heads/main.lock: nothing moved, and the lock stays
     # (opened first: a lock left by the kill would hold the operator's push too; w2
     # still pushes spare's completion after the arm, a second of training later)
-    edit_manifest(rig, 'allowed_hosts = ["nobody"]\n', 'allowed_hosts = ["w2"]\n',
-                  "open spare to w2")
+    edit_manifest(rig, HELD_BACK_LINE, 'allowed_hosts = ["w2"]\n', "open spare to w2")
     rig.arm("before", "prepared", "w2", "-", "kill")
     old, sha, subject = rig.fired("before")
     lock = rig.led.path / "refs" / "heads" / "main.lock"
@@ -608,7 +612,7 @@ def row_operator_during_load(f: FaultRun) -> None:
     # late and rival are held back (no host may take them) until the operator's
     # commit opens both and raises late above rival: however fast the fleet has
     # drained the others by then, the first claim after it shows the priority
-    held_back = {"allowed_hosts": ["nobody"], "hyper": {"seconds": 1}}
+    held_back = {**HELD_BACK, "hyper": {"seconds": 1}}
     rig = f.rig([{"name": "long", "seed": 99, "priority": 5, "hyper": {"seconds": 60}},
                  *quick_jobs(p.jobs, f.rng, p),
                  {"name": "rival", "seed": 97, "priority": 50, **held_back},
@@ -628,7 +632,7 @@ def row_operator_during_load(f: FaultRun) -> None:
     assert rig.state("late").status is Status.PENDING
     raised = edit_manifest(rig, "priority = -5\n", "priority = 100\n",
                            "priority of late to 100; open late and rival to every host",
-                           also=(('allowed_hosts = ["nobody"]\n', ""),))
+                           also=((HELD_BACK_LINE, ""),))
     # cancel: the running trainer stops within two beats of the commit landing
     operator("cancel", "long")
     cancelled = time.monotonic()
