@@ -283,6 +283,6 @@ def export_schemas(docs: Path) -> list[Path]:
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised by the drift test
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent.parent / "docs"
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs")
     for p in export_schemas(out):
         print(p)
