@@ -151,9 +151,11 @@ def setup_logging(verbose: bool, fmt: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(
             ("%(asctime)s " if stamp else "") + "%(levelname)s %(message)s"))
+    handler._trainledger = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, "_trainledger", False):  # ours from an earlier call, not pytest's
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 

@@ -31,9 +31,9 @@ def _describe(parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, lis
             words += [o for o in action.option_strings if o.startswith("--")] or \
                 list(action.option_strings)
             if action.nargs != 0:
+                choices = action.choices or getattr(action.type, "completions", None)
                 for option in action.option_strings:
-                    takes[option] = [str(c) for c in action.choices] if action.choices \
-                        else None
+                    takes[option] = [str(c) for c in choices] if choices else None
         elif action.choices:
             words += [str(c) for c in action.choices]
     return words, takes

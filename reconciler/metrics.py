@@ -58,6 +58,10 @@ def render(reconciler: Reconciler, snap: Snapshot, timeline: Timeline,
     outcomes = Counter(a.outcome for a in timeline.attempts.values())
     applied = int(report.manifest_error is None and manifest is not None)
     out: list[str] = []
+    out += _family("trainledger_ledger_info", "gauge",
+                   "The revision this file describes (always 1).",
+                   [({"revision": snap.revision,
+                      "fleet": manifest.manifest.name if manifest else ""}, 1)])
     out += _family("trainledger_jobs", "gauge", "Jobs by status (as `reconciler status`).",
                    [({"status": s.value}, counts.get(s.value, 0)) for s in Status])
     out += _family("trainledger_workers_live", "gauge",

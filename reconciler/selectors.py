@@ -30,6 +30,9 @@ def status_list(text: str) -> list[str]:
     return items
 
 
+status_list.completions = STATUSES  # type: ignore[attr-defined]  # for completion.py
+
+
 def add_selector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", type=status_list, action="append", metavar="STATUS[,..]",
                         help="only jobs in this status (repeatable, or comma-separated)")
