@@ -212,7 +212,9 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None,
         args = parser.parse_args(argv)
         args.full_parser = full_parser or (lambda: parser)
         setup_logging(args.verbose, args.log_format)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader gone before the last write
+        return code
     except LedgerError as exc:
         print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
         return 1
