@@ -180,10 +180,10 @@ def test_drain_finishes_the_running_job_and_claims_nothing_more(tmp_path: Path) 
         "pathlib.Path(os.environ['TRAINLEDGER_OUTPUT_DIR'], 'w.bin').write_bytes(b'x')\n")
     jobs = [{"name": f"job-{i}", "seed": i} for i in range(3)]
     led = make_ledger(tmp_path, jobs=jobs, fleet=FAST, trainer=[sys.executable, str(trainer)])
-    rec = start_reconciler(led)
+    rec = start_reconciler(led, "--log-format", "json")
     fleet = Fleet(led.url, tmp_path, led.store)
     try:
-        w1 = fleet.start_worker("w1")
+        w1 = fleet.start_worker("w1", env={"TRAINLEDGER_LOG_FORMAT": "json"})
         held = wait_for(lambda: [s for s in fleet.states().values()
                                  if s.holder == "w1" and s.status.value == "running"], 60,
                         what="w1 to run a job")
@@ -228,6 +228,17 @@ def test_drain_finishes_the_running_job_and_claims_nothing_more(tmp_path: Path) 
         fleet.stop_all()
         rec.send_signal(signal.SIGTERM)
         rec.wait(timeout=30)
+    # both daemons logged one JSON object a line, the event's key=values as keys
+    for log in (led.root / "reconciler.log", tmp_path / "w-w1" / "worker.log"):
+        docs = [json.loads(line) for line in log.read_text().splitlines()
+                if line.startswith("{")]
+        assert docs and len(docs) == len([ln for ln in log.read_text().splitlines()
+                                          if ln.strip()]), log
+        assert all({"ts", "level", "logger", "msg"} <= set(d) for d in docs)
+    worker_events = [json.loads(line) for line in
+                     (tmp_path / "w-w1" / "worker.log").read_text().splitlines()]
+    claim = next(d for d in worker_events if d.get("event") == "claim")
+    assert claim["job"] == running.name and claim["worker"] == "w1"
 
 
 def _closed_pipe_run(argv: list[str]) -> subprocess.CompletedProcess:
