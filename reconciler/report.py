@@ -88,11 +88,19 @@ def timeline_svg(data: ReportData) -> str:
     out = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" role="img" '
            f'width="{LABEL_W + PLOT_W + 10}" height="{height}" '
            f'aria-label="attempts by host over time">']
+    axis_y = ROW_H * len(hosts) + 18
+    out += [f'<rect x="0" y="{row * ROW_H}" width="{LABEL_W + PLOT_W}" height="{ROW_H}" '
+            f'fill="{"#f6f6f6" if row % 2 else "#ffffff"}"/>' for row in range(len(hosts))]
+    for i in range(1, 4):  # light grid lines with the time, UTC
+        x = LABEL_W + PLOT_W * i / 4
+        out.append(f'<line x1="{x:.0f}" y1="0" x2="{x:.0f}" y2="{ROW_H * len(hosts)}" '
+                   f'stroke="#ddd" stroke-dasharray="2,3"/>')
+        out.append(f'<text x="{x:.0f}" y="{axis_y}" class="axis" text-anchor="middle">'
+                   f'{time.strftime("%H:%M:%S", time.gmtime(start + (end - start) * i / 4))}'
+                   "</text>")
     for row, host in enumerate(hosts):
         y = row * ROW_H
         out.append(f'<g class="host-row" data-host="{escape(host)}">')
-        out.append(f'<rect x="0" y="{y}" width="{LABEL_W + PLOT_W}" height="{ROW_H}" '
-                   f'fill="{"#f6f6f6" if row % 2 else "#ffffff"}"/>')
         out.append(f'<text class="host-label" x="6" y="{y + ROW_H * 0.65:.0f}">'
                    f'{escape(host)}</text>')
         for a in (b for b in bars if b.host == host):
@@ -109,7 +117,6 @@ def timeline_svg(data: ReportData) -> str:
                        f'fill="{COLOURS.get(a.outcome, "#888")}">'
                        f'<title>{escape(hover)}</title></rect>')
         out.append("</g>")
-    axis_y = ROW_H * len(hosts) + 18
     out.append(f'<text x="{LABEL_W}" y="{axis_y}" class="axis">{utc(start)}</text>')
     out.append(f'<text x="{LABEL_W + PLOT_W}" y="{axis_y}" class="axis" '
                f'text-anchor="end">{utc(end)}</text>')

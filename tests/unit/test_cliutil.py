@@ -217,3 +217,16 @@ def test_bash_completion_generated_from_the_parser() -> None:
     proc = subprocess.run(["bash", "-n"], input=zsh.split("\n", 3)[3], text=True,
                           capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("module", ["reconciler.cli", "worker.cli"])
+def test_the_completion_subcommand_prints_a_script_bash_accepts(module: str) -> None:
+    for shell in ("bash", "zsh"):
+        proc = subprocess.run([sys.executable, "-m", module, "completion", shell],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "complete -o default -F" in proc.stdout
+    checked = subprocess.run(["bash", "-c", f"{proc.stdout.split(chr(10), 3)[3]}\ncomplete -p"],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0 and module.split(".")[0] in checked.stdout
