@@ -323,14 +323,18 @@ def select(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    first = True
     while True:
         doc = select(read_status(args.ledger), args)
         if args.json:  # indented for a person, compact (and ~10x faster) for a script
             text = json.dumps(doc, sort_keys=True, indent=2 if sys.stdout.isatty() else None)
         else:
             text = render(doc, wide=args.output == "wide")
-        if args.watch:
-            sys.stdout.write("\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n")
+        if args.watch and sys.stdout.isatty():
+            sys.stdout.write("\x1b[2J\x1b[H")
+        elif args.watch and not first:
+            sys.stdout.write("\n")  # piped: frames apart, the first line is the first frame's
+        first = False
         print(text, flush=True)  # a closed pipe (`| head`) ends quietly in cli.dispatch
         if not args.watch:
             return 0

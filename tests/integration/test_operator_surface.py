@@ -267,6 +267,7 @@ def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> None:
             "python", sys.executable, 1)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert len(proc.stdout.splitlines()) == 1 and "Traceback" not in proc.stderr
+        assert proc.stdout.startswith(("ledger at ", "20")), proc.stdout  # a real first line
 
 
 def test_ctrl_c_is_exit_130_without_a_traceback(tmp_path: Path) -> None:
