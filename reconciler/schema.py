@@ -135,6 +135,13 @@ class Host(StrictTypes):
     )
     priority: int = Field(0, ge=-1_000_000, le=1_000_000, description="Informational host rank.")
     description: str = Field("", max_length=1024, description="Free text for operators.")
+    drain: bool = Field(
+        False, description="Finish the jobs it runs, claim nothing more (status: draining, "
+        "then drained)."
+    )
+    retired: bool = Field(
+        False, description="Gone for good: claims nothing and leaves status, workers and health."
+    )
 
 
 class JobFields(StrictTypes):
