@@ -25,6 +25,7 @@ from reconciler.errors import LedgerError
 from reconciler.ledger import HeartbeatRecord, Ledger, Snapshot
 from reconciler.manifest import LoadedManifest
 from reconciler.state import Status
+from reconciler.upstream import upstream_reasons
 
 ORDER = [s.value for s in Status]
 DEFAULT_STALE_S = 600.0
@@ -108,6 +109,12 @@ def job_rows(snap: Snapshot, workers: list[dict[str, Any]]) -> list[dict[str, An
             "progress": beat["progress"] if beat else None,
             "last_line": beat["last_line"] if beat else None,
             "last_seen_s": seen, "orphan": spec is None,
+            "failures": state.failures,
+            "retries": spec.retries if spec else None,
+            "checkpoint": ({"sha256": state.checkpoint.sha256, "size": state.checkpoint.size,
+                            "attempt": state.checkpoint.attempt} if state.checkpoint else None),
+            "after": list(spec.after_names) if spec else [],
+            "upstream": upstream_reasons(spec, snap.states) if spec and spec.after else [],
         })
     return rows
 
@@ -127,7 +134,7 @@ def unschedulable(snap: Snapshot, loaded: LoadedManifest | None,
     for job_id, spec in loaded.specs.items():
         state = snap.states.get(job_id)
         if state is not None and state.status is Status.PENDING:
-            why = fleet_reasons(spec, state, live)
+            why = fleet_reasons(spec, state, live, snap.states)
             if why:
                 out.append({"job_id": job_id, "name": state.name, "reasons": why})
     return out
@@ -195,6 +202,10 @@ def render(doc: dict[str, Any]) -> str:
         seen = f"{j['last_seen_s']:.0f}s" if j["last_seen_s"] is not None else ""
         art = j["artifact"]["sha256"][:12] if j["artifact"] else ""
         err = (j["last_error"] or "").splitlines()[0][:60] if j["last_error"] else ""
+        if j.get("failures"):
+            err = f"[{j['failures']} failure(s)] {err}"
+        if j.get("upstream") and j["status"] == "pending":
+            err = "; ".join(j["upstream"])[:80]
         name = j["name"] + (" (orphan)" if j["orphan"] else "")
         lines.append(f"{name:<26} {j['job_id'][:8]:<9} {j['status']:<10} {j['attempt']:>3} "
                      f"{j['holder'] or '':<14} {seen:>5} {prog:>8} {art:<12} {err}")

@@ -157,3 +157,16 @@ def test_validate_prints_jobs_per_sweep_and_refuses_a_cycle(tmp_path: Path) -> N
     out = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "job 'a' (jobs[0]): field 'after': no job or sweep named " \
         "'ghost'" in out.stderr
+
+
+def test_job_and_defaults_timeout_and_retries_win_over_the_trainers() -> None:
+    text = manifest_text([{"name": "a"}, {"name": "b", "seed": 1, "timeout_s": 3,
+                                          "retries": 0}])
+    text = text.replace('hyper = ["seconds"', 'timeout_s = 100\nhyper = ["seconds"', 1) \
+        .replace("[fleet]", "[defaults]\ntimeout_s = 7\nretries = 2\n\n[fleet]", 1)
+    specs = load(text).by_name()
+    assert (specs["a"].timeout_s, specs["a"].retries) == (7, 2)
+    assert (specs["b"].timeout_s, specs["b"].retries) == (3, 0)
+    plain = load(manifest_text([{"name": "c"}]).replace(
+        'hyper = ["seconds"', 'timeout_s = 100\nhyper = ["seconds"', 1)).by_name()["c"]
+    assert (plain.timeout_s, plain.retries) == (100, 0)
