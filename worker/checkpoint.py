@@ -35,6 +35,7 @@ class CheckpointDir:
         if self.path.exists():
             shutil.rmtree(self.path)
         self.resumed_from = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if recorded is None:
             self.path.mkdir(parents=True)
         else:

@@ -310,8 +310,8 @@ class Worker:
             what = "inputs or checkpoint"
             event("prepare-failed", job=spec.name, attempt=attempt, error=repr(str(exc)))
             shutil.rmtree(attempt_dir, ignore_errors=True)
-            self._release({spec.job_id: (attempt, f"released: {what} could not be unpacked "
-                                         f"on {self.name}: {exc}"[:MAX_ERROR])}, count=True)
+            self._give_back(spec.job_id, attempt, None,
+                            f"{what} could not be unpacked on {self.name}: {exc}")
             return None
         if resumed is not None:
             env["TRAINLEDGER_RESUMED_FROM"] = str(resumed)
@@ -453,19 +453,24 @@ class Worker:
     def _store_failed(self, run: TrainerRun, exc: StoreError) -> None:
         """The outputs could not be stored: give the job back, spending budget,
         so a full store cannot loop forever."""
+        self._give_back(run.spec.job_id, run.attempt, Status.RUNNING,
+                        f"store failed on {self.name}: {exc}")
+        self._forget(run)
+
+    def _give_back(self, job_id: str, attempt: int, status: Status | None, why: str) -> None:
+        """Pending again spending one claim of max_attempts, or failed once they
+        are spent: not the trainer's failure, but one that must not loop forever."""
         fleet = self._fleet()
         max_attempts = fleet.max_attempts if fleet else 3
+        error = why[:MAX_ERROR]
 
         def give_back(s: JobState) -> JobState:
-            error = f"store failed on {self.name}: {exc}"[:MAX_ERROR]
             if s.lost + 1 >= max_attempts:
                 return s.model_copy(update={"status": Status.FAILED, "holder": None,
                                             "last_error": error})
             return s.model_copy(update={"status": Status.PENDING, "holder": None,
                                         "lost": s.lost + 1, "last_error": error})
-        self._fenced({run.spec.job_id: (run.attempt, Status.RUNNING, give_back,
-                                        "running->pending", "release")})
-        self._forget(run)
+        self._fenced({job_id: (attempt, status, give_back, None, "release")})
 
     def _finish_failed(self, run: TrainerRun, error: str, trainer: bool = False) -> None:
         """A trainer failure (exit != 0, timeout, signal, unbundlable outputs) with
