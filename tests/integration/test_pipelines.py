@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from auditkit import assert_trailers_match
 from ledgerkit import LedgerDir, make_ledger
 from reconciler.bundle import unpack
 from reconciler.schema import Status
-from workerkit import CPU_CAPABILITY, Fleet
+from workerkit import CPU_CAPABILITY, Fleet, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -137,4 +140,49 @@ def test_after_runs_downstream_on_upstream_artifact_and_says_blocked(tmp_path: P
     assert row["after"] == ["bad"] and row["upstream"][0].startswith("blocked: upstream 'bad'")
     assert any(u["name"] == "stuck" and u["reasons"][0].startswith("blocked")
                for u in doc["unschedulable"])
+    assert_trailers_match(ledger.path)
+
+
+def fsck(fleet: Fleet, *extra: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "reconciler.cli", "fsck", "--ledger", fleet.url,
+                          "--store", str(fleet.store), "--json", *extra],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_graceful_release_records_the_checkpoint_the_next_attempt_resumes_from(
+        tmp_path: Path) -> None:
+    fleet, ledger = fleet_of(tmp_path, [{"name": "long", "hyper": {"seconds": 12, "steps": 40}}],
+                             checkpoint_every_s=0)
+    a = fleet.start_worker("alpha")
+    log = a.state_dir / "logs"
+    wait_for(lambda: any("progress: 0.10" in p.read_text() for p in log.glob("long-*.log")),
+             timeout=120, what="alpha's trainer to pass step 4")
+    a.signal(signal.SIGTERM)
+    assert a.wait(60) == 0, a.text()
+    state = by_name(fleet)["long"]
+    assert state.status is Status.PENDING and state.lost == 0
+    assert state.checkpoint is not None and state.checkpoint.attempt == 1
+    saved = state.checkpoint.sha256
+    assert fsck(fleet)["bundles"]["missing"] == []  # the checkpoint is in the store
+    b = fleet.start_worker("beta", "--exit-when-idle")
+    assert b.wait(120) == 0, b.text()
+    state = by_name(fleet)["long"]
+    assert state.status is Status.COMPLETED and state.checkpoint is None
+    trainer_log = next((b.state_dir / "logs").glob("long-*-2.log")).read_text()
+    step = int(trainer_log.split("quick: resumed at step ")[1].split()[0])
+    assert step >= 4 and "(checkpoint of attempt 1)" in trainer_log
+    assert f"event=resume job=long attempt=2 checkpoint_attempt=1 sha256={saved}" in b.text()
+    assert not (b.state_dir / "checkpoints" / state.job_id).exists()
+    # the completed job no longer references it: fsck lists it, --fix removes it once old
+    report = fsck(fleet)["bundles"]
+    assert report["stale_checkpoints"] == [saved]
+    bundle = fleet.store / "sha256" / saved[:2] / f"{saved}.tar.zst"
+    os.utime(bundle, (time.time() - 7200, time.time() - 7200))
+    fixed = fsck(fleet, "--fix")["bundles"]
+    assert fixed["stale_checkpoints_removed"] == [saved] and not bundle.exists()
+    assert state.artifact.sha256 not in fixed["stale_checkpoints_removed"]
+    assert (fleet.store / "sha256" / state.artifact.sha256[:2]
+            / f"{state.artifact.sha256}.tar.zst").exists()
     assert_trailers_match(ledger.path)

@@ -4,7 +4,8 @@ Flags: --seconds S (how long to "train"), --steps N (progress lines, one per ste
 --exit-code N, --size BYTES, --lr X. Writes weights.bin (seeded bytes) and metrics.json.
 --fail-attempts N fails attempts 1..N (retries); --term-exit N exits N on SIGTERM
 (timeouts). With $TRAINLEDGER_INPUTS it writes inputs.json: each upstream job's
-name -> sha256 of the weights.bin it found there.
+name -> sha256 of the weights.bin it found there. With $TRAINLEDGER_CHECKPOINT_DIR
+it writes step.txt there after each step (atomically) and resumes after that step.
 """
 
 from __future__ import annotations
@@ -39,9 +40,18 @@ def main() -> int:
     out = Path(os.environ["TRAINLEDGER_OUTPUT_DIR"])
     spec = json.loads(Path(os.environ["TRAINLEDGER_SPEC"]).read_text())
     steps = max(1, args.steps)
-    for i in range(steps):
+    ckpt = Path(os.environ.get("TRAINLEDGER_CHECKPOINT_DIR") or out / ".no-checkpoint")
+    first = 0
+    if (ckpt / "step.txt").is_file():
+        first = int((ckpt / "step.txt").read_text())
+        print(f"quick: resumed at step {first} (checkpoint of attempt "
+              f"{os.environ.get('TRAINLEDGER_RESUMED_FROM')})", flush=True)
+    for i in range(first, steps):
         time.sleep(args.seconds / steps)
         print(f"progress: {(i + 1) / steps:.2f}", flush=True)
+        if ckpt.is_dir():
+            (ckpt / "step.tmp").write_text(str(i + 1))
+            os.replace(ckpt / "step.tmp", ckpt / "step.txt")
     if args.exit_code:
         print(f"quick: failing on purpose with {args.exit_code}", file=sys.stderr, flush=True)
         return args.exit_code
