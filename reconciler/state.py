@@ -222,12 +222,21 @@ class JobState:
         return cls(**raw)
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, 2-space indent, trailing newline."""
-        return json.dumps(self.model_dump(), sort_keys=True, indent=2) + "\n"
+        """Canonical JSON: sorted keys, 2-space indent, trailing newline. The
+        pipeline fields are left out at their defaults, so a job that never
+        failed a trainer or saved a checkpoint has the bytes it always had."""
+        data = self.model_dump()
+        for key in _OMITTED_AT_DEFAULT:
+            if data[key] == STATE_SCHEMA["properties"][key]["default"]:
+                del data[key]
+        return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
     @property
     def path(self) -> str:
         return state_path(self.job_id)
+
+
+_OMITTED_AT_DEFAULT = ("failures", "checkpoint")
 
 
 def state_path(job_id: str) -> str:
