@@ -61,6 +61,8 @@ def test_a_trainer_failing_its_first_run_is_retried_and_completes(tmp_path: Path
                      (2, "pending->claimed"), (2, "claimed->running"),
                      (2, "running->completed")]
     assert_trailers_match(ledger.path)
+    report = fsck(fleet, "--history")
+    assert report["ok"] and report["history"]["findings"] == [], report
 
 
 def test_with_no_retries_left_the_job_fails_showing_failures(tmp_path: Path) -> None:
