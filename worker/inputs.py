@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler.bundle import unpack
+from reconciler.errors import BundleError, StoreError
 from reconciler.fetch import download
 from reconciler.state import JobState
 from reconciler.store import Store
@@ -39,5 +40,10 @@ def prepare_inputs(store: Store, upstream: Mapping[str, JobState], dest: Path,
     dest.mkdir(parents=True)
     for name, state in sorted(upstream.items()):
         assert state.artifact is not None
-        unpack_verified(store, state.artifact.sha256, state.artifact.size, dest / name, tmp)
+        art = state.artifact
+        try:
+            unpack_verified(store, art.sha256, art.size, dest / name, tmp)
+        except (StoreError, BundleError, OSError) as exc:
+            raise StoreError(f"upstream job {name!r} ({state.job_id}), artifact "
+                             f"{art.sha256[:12]}: {exc}", job=name) from None
     return sorted(upstream)

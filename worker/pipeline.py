@@ -46,14 +46,15 @@ class PipelineSteps:
         tmp = self.config.state_dir / "tmp"
         ckpt = CheckpointDir(self.config.state_dir / "checkpoints", spec.job_id)
         env = {"TRAINLEDGER_CHECKPOINT_DIR": str(ckpt.path)}
+        what = "inputs"
         try:
             if spec.after:
                 names = prepare_inputs(self.store(), upstream, attempt_dir / "inputs", tmp)
                 env["TRAINLEDGER_INPUTS"] = str(attempt_dir / "inputs")
                 event("inputs", job=spec.name, attempt=attempt, upstream=",".join(names))
+            what = f"checkpoint of attempt {checkpoint.attempt}" if checkpoint else "checkpoint"
             resumed = ckpt.restore(self.store(), checkpoint, tmp)
         except (StoreError, BundleError, OSError) as exc:
-            what = "inputs or checkpoint"
             event("prepare-failed", job=spec.name, attempt=attempt, error=repr(str(exc)))
             shutil.rmtree(attempt_dir, ignore_errors=True)
             self._give_back(spec.job_id, attempt, None,

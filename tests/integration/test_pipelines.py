@@ -188,3 +188,24 @@ def test_a_graceful_release_records_the_checkpoint_the_next_attempt_resumes_from
     assert (fleet.store / "sha256" / state.artifact.sha256[:2]
             / f"{state.artifact.sha256}.tar.zst").exists()
     assert_trailers_match(ledger.path)
+
+
+def test_a_corrupt_upstream_artifact_is_refused_and_spends_claims(tmp_path: Path) -> None:
+    fleet, ledger = fleet_of(tmp_path, [{"name": "up", "seed": 1},
+                                        {"name": "down", "seed": 2, "after": ["up"]}])
+    first = fleet.start_worker("alpha", "--max-jobs", "1")
+    assert first.wait(120) == 0, first.text()
+    up = by_name(fleet)["up"]
+    assert up.status is Status.COMPLETED
+    bundle = fleet.store / "sha256" / up.artifact.sha256[:2] / f"{up.artifact.sha256}.tar.zst"
+    os.chmod(bundle, 0o644)
+    bundle.write_bytes(b"x" * up.artifact.size)  # same size: only the sha256 can tell
+    w = fleet.start_worker("beta", "--exit-when-idle")
+    assert w.wait(120) == 0, w.text()
+    down = by_name(fleet)["down"]
+    # never started: each claim gave the job back, spending one of max_attempts (3)
+    assert down.status is Status.FAILED and down.lost == 2 and down.attempt == 3
+    assert down.last_error.startswith("inputs could not be unpacked on beta: upstream job 'up'")
+    assert "does not re-hash to its name" in down.last_error
+    assert "event=start job=down" not in w.text()
+    assert_trailers_match(ledger.path)
