@@ -97,10 +97,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(exc, file=sys.stderr)
         return 1
+    sweeps = {name: len(ids) for name, ids in loaded.sweeps.items()}
     if args.json:
-        print(json.dumps({"ok": True, "file": str(path), "jobs": len(loaded.specs)}))
+        print(json.dumps({"ok": True, "file": str(path), "jobs": len(loaded.specs),
+                          "sweeps": sweeps}))
     else:
         print(f"{path}: ok ({len(loaded.specs)} jobs)")
+        for name, count in sweeps.items():
+            print(f"  sweep {name}: {count} jobs")
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from reconciler.identity import JobSpec
 from reconciler.manifest import LoadedManifest
 from reconciler.schema import Capability, Host, JobState, Status
+from reconciler.upstream import upstream_reasons
 
 NO_STATE = "no state yet (the reconciler has not created it)"
 CANCELLED = "cancelled in the manifest"
@@ -50,15 +51,18 @@ def _matches(spec: JobSpec, patterns: list[str]) -> list[str]:
 
 
 def reasons(spec: JobSpec, state: JobState | None, worker: str, host: Host | None,
-            cap: Capability) -> list[str]:
-    """Every reason this worker may not take the job now; empty means it may."""
-    return (job_reasons(spec, state) + host_reasons(spec, worker, host)
+            cap: Capability, states: Mapping[str, JobState] | None = None) -> list[str]:
+    """Every reason this worker may not take the job now; empty means it may.
+    `states` (every job's state) is needed for a job with `after`: without it,
+    such a job is never eligible."""
+    return (job_reasons(spec, state, states) + host_reasons(spec, worker, host)
             + capability_reasons(spec, cap, cpu_ok=state is not None and state.cpu_ok))
 
 
-def job_reasons(spec: JobSpec, state: JobState | None) -> list[str]:
-    """Reasons that hold for every worker alike (state and manifest)."""
-    out = []
+def job_reasons(spec: JobSpec, state: JobState | None,
+                states: Mapping[str, JobState] | None = None) -> list[str]:
+    """Reasons that hold for every worker alike (state, manifest, upstream jobs)."""
+    out = upstream_reasons(spec, states or {}) if spec.after else []
     if state is None:
         out.append(NO_STATE)
     elif state.status != Status.PENDING:
@@ -216,14 +220,15 @@ class _Bag:
 
 
 def fleet_reasons(spec: JobSpec, state: JobState | None,
-                  workers: Mapping[str, tuple[Host | None, Capability]]) -> list[str]:
+                  workers: Mapping[str, tuple[Host | None, Capability]],
+                  states: Mapping[str, JobState] | None = None) -> list[str]:
     """Why no live worker can take a pending job; empty when one can.
 
     Reasons common to the whole fleet are said once (the job's own, "no live
     worker", "no worker with CUDA", the prefer_cuda wait); otherwise one line
     per worker, `<worker>: <reason>; <reason>`, sorted by worker name.
     """
-    common = job_reasons(spec, state)
+    common = job_reasons(spec, state, states)
     if common:
         return common
     if not workers:
@@ -249,7 +254,7 @@ def explain(loaded: LoadedManifest, states: Mapping[str, JobState], worker: str,
         state = states.get(spec.job_id)
         if state is not None and state.status != Status.PENDING:
             continue
-        why = reasons(spec, state, worker, host, cap)
+        why = reasons(spec, state, worker, host, cap, states)
         rows.append({"job_id": spec.job_id, "name": spec.name, "eligible": not why,
                      "reasons": why})
     return rows

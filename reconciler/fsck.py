@@ -1,7 +1,9 @@
 """`reconciler fsck`: bundles, history and the repository, checked.
 
-- every completed job's bundle exists and re-hashes to its name; unreferenced
-  bundles and leftover store temp files are listed;
+- every completed job's bundle, and every checkpoint a state records, exists
+  and re-hashes to its name; unreferenced bundles and leftover store temp files
+  are listed; checkpoints no state references any more are removed with `--fix`
+  once an hour old;
 - `git fsck` of a local ledger; stale `refs/**.lock` files (after a power loss
   they block pushes) are reported, and removed with `--fix` once older than a
   minute and open in no process;
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import trailers
+from reconciler.checkpoints import recorded_checkpoints
 from reconciler.cli import add_ledger_arg, state_dir_default
 from reconciler.errors import LedgerError
 from reconciler.gitrepo import GitRepo
@@ -49,17 +52,27 @@ def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path, fix: b
     store = open_store(url, state_dir)
     missing, corrupt, referenced = [], [], set()
     for state in snap.states.values():
+        bundles = []
         if state.status is Status.COMPLETED and state.artifact:
-            sha = state.artifact.sha256
+            bundles.append(("artifact", state.artifact.sha256))
+        if state.checkpoint is not None:
+            bundles.append(("checkpoint", state.checkpoint.sha256))
+        for kind, sha in bundles:
             referenced.add(sha)
             if not store.has(sha):
-                missing.append({"job": state.name, "sha256": sha})
+                missing.append({"job": state.name, "sha256": sha, "kind": kind})
             elif not store.verify(sha):
-                corrupt.append({"job": state.name, "sha256": sha})
+                corrupt.append({"job": state.name, "sha256": sha, "kind": kind})
     out: dict[str, Any] = {"store": url, "referenced": len(referenced), "missing": missing,
                            "corrupt": corrupt}
     if isinstance(store, LocalStore):
-        out["unreferenced"] = sorted(set(store.iter_shas()) - referenced)
+        unreferenced = set(store.iter_shas()) - referenced
+        stale = sorted(unreferenced & recorded_checkpoints(ledger.repo, CACHED_MAIN))
+        gone = [sha for sha in stale if fix and _older_than(store.path(sha), now, TEMP_AGE_S)
+                and _unlink(store.path(sha))]
+        out["stale_checkpoints"] = [sha for sha in stale if sha not in gone]
+        out["stale_checkpoints_removed"] = gone
+        out["unreferenced"] = sorted(unreferenced - set(gone))
         base = store.root / "sha256"
         temps = sorted(base.glob("*/.put-*")) if base.is_dir() else []
         # a put that died (worker killed mid-write) leaves its temp file; one still
@@ -292,6 +305,11 @@ def cmd_fsck(args: argparse.Namespace) -> int:
               f"unreferenced {len(b.get('unreferenced', []))}")
         for item in b.get("missing", []) + b.get("corrupt", []):
             print(f"  {item['job']}: {item['sha256']}")
+        for sha in b.get("stale_checkpoints_removed", []):
+            print(f"checkpoint {sha[:12]} no state references: removed")
+        for sha in b.get("stale_checkpoints", []):
+            print(f"checkpoint {sha[:12]} no state references: left (--fix removes it once "
+                  f"{TEMP_AGE_S / 3600:.0f} h old)")
         for temp in b.get("temp_files_removed", []):
             print(f"store temp file {temp}: removed")
         for temp in b.get("temp_files", []):
@@ -320,8 +338,9 @@ def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
     add_ledger_arg(parser)
     parser.add_argument("--store", help="store path or ssh:// URL (default: the manifest's)")
     parser.add_argument("--fix", action="store_true",
-                        help=f"remove ref locks older than {LOCK_AGE_S:.0f}s and store "
-                        f"temp files untouched for {TEMP_AGE_S / 3600:.0f} h")
+                        help=f"remove ref locks older than {LOCK_AGE_S:.0f}s, and store "
+                        f"temp files and checkpoints no state references untouched for "
+                        f"{TEMP_AGE_S / 3600:.0f} h")
     parser.add_argument("--history", action="store_true", help="replay and re-judge main")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=cmd_fsck)

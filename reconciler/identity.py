@@ -4,6 +4,9 @@ The id is 16 hex chars of sha256 over what defines the trained artifact
 (`model`, `mode`, `hyper`, `split_recipe`, `train_hosts`, `seed`), after
 [defaults] are applied. Scheduling fields and the trainer's command are left
 out on purpose: moving a script or raising a priority must not retrain the fleet.
+A job with `after` adds the sorted ids of its upstream jobs under "after" (a job
+without upstreams hashes exactly as before), so retraining an upstream with new
+hyper makes a new downstream job.
 """
 
 from __future__ import annotations
@@ -44,9 +47,13 @@ class JobSpec:
     command: tuple[str, ...]
     workdir: str | None
     timeout_s: float | None
+    retries: int = 0
+    after: tuple[str, ...] = ()  # upstream job ids, sorted
+    after_names: tuple[str, ...] = ()  # upstream job names, in the same order
+    sweep: str | None = None  # the [[sweeps]] it came from
 
     def identity(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.model,
             "mode": self.mode,
             "hyper": self.hyper,
@@ -54,6 +61,9 @@ class JobSpec:
             "train_hosts": list(self.train_hosts) if self.train_hosts is not None else None,
             "seed": self.seed,
         }
+        if self.after:
+            out["after"] = list(self.after)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """The spec a trainer reads from $TRAINLEDGER_SPEC."""
@@ -63,6 +73,7 @@ class JobSpec:
             **self.identity(),
             "n_resamples": self.n_resamples,
             "priority": self.priority,
+            "after": list(self.after_names),
         }
 
 
@@ -74,9 +85,11 @@ def job_id_of(spec_or_identity: JobSpec | dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0) -> JobSpec:
+def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0,
+            upstream: dict[str, str] | None = None, sweep: str | None = None) -> JobSpec:
     """Apply [defaults]; the id is computed before the spec is built, so a
-    100,000-job manifest builds each (frozen, slow to copy) spec once."""
+    100,000-job manifest builds each (frozen, slow to copy) spec once.
+    `upstream` maps the names of the jobs this one runs after to their ids."""
     def pick(name: str, fallback: Any) -> Any:
         value = getattr(job, name)
         if value is None:
@@ -87,10 +100,16 @@ def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0) -> J
     train_hosts = pick("train_hosts", None)
     mode, split_recipe, seed = pick("mode", None), pick("split_recipe", None), pick("seed", 0)
     hyper = dict(job.hyper)
-    job_id = job_id_of({
+    ups = sorted((upstream or {}).items(), key=lambda item: item[1])
+    identity = {
         "model": job.model, "mode": mode, "hyper": hyper, "split_recipe": split_recipe,
         "train_hosts": list(train_hosts) if train_hosts is not None else None, "seed": seed,
-    })
+    }
+    if ups:
+        identity["after"] = [job_id for _, job_id in ups]
+    job_id = job_id_of(identity)
+    timeout = job.timeout_s if job.timeout_s is not None else defaults.timeout_s
+
     return JobSpec(
         job_id=job_id,
         index=index,
@@ -113,5 +132,9 @@ def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0) -> J
         cancel=job.cancel,
         command=tuple(trainer.command),
         workdir=trainer.workdir,
-        timeout_s=trainer.timeout_s,
+        timeout_s=timeout if timeout is not None else trainer.timeout_s,
+        retries=pick("retries", 0),
+        after=tuple(job_id for _, job_id in ups),
+        after_names=tuple(name for name, _ in ups),
+        sweep=sweep,
     )

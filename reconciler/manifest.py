@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from reconciler.errors import ManifestError
 from reconciler.identity import JobSpec, resolve
 from reconciler.schema import Manifest
+from reconciler.sweeps import Entry, expand, order, sweep_problems
 
 # DESIGN.md sizes a 100,000-job manifest at 12.9 MB and the schema allows
 # 200,000 jobs, so the cap is receive.maxInputSize (16 MiB), which already
@@ -29,7 +30,9 @@ MAX_MANIFEST_BYTES = 16 << 20
 @dataclass(frozen=True)
 class LoadedManifest:
     manifest: Manifest
-    specs: dict[str, JobSpec]  # by job id, in manifest order
+    specs: dict[str, JobSpec]  # by job id: [[jobs]] in manifest order, then sweep points
+    sweeps: dict[str, list[str]] = field(default_factory=dict)  # sweep name -> point job ids
+    downstream: dict[str, tuple[str, ...]] = field(default_factory=dict)  # id -> ids after it
 
     @property
     def fleet(self):
@@ -49,16 +52,54 @@ def load_manifest(
         raise ManifestError(
             _format_validation(exc, raw, filename), filename=filename, errors=exc.errors()
         ) from None
-    specs_in_order = [
-        resolve(job, manifest.defaults, manifest.trainers[job.model], index)
-        if job.model in manifest.trainers else None
-        for index, job in enumerate(manifest.jobs)
-    ]
-    problems = list(_cross_checks(manifest, filename, specs_in_order))
+    entries = [Entry(job, f"job {job.name!r} (jobs[{index}])")
+               for index, job in enumerate(manifest.jobs)]
+    problems = sweep_problems(manifest.sweeps, {job.name for job in manifest.jobs}, filename)
+    if problems:
+        raise ManifestError("\n".join(problems), filename=filename)
+    sweep_points: dict[str, list[int]] = {}
+    for index, sweep in enumerate(manifest.sweeps):
+        for entry in expand(sweep, index):
+            sweep_points.setdefault(sweep.name, []).append(len(entries))
+            entries.append(entry)
+    if len(entries) > MAX_JOBS:
+        raise ManifestError(f"{filename}: {len(entries)} jobs with the sweeps expanded, over "
+                            f"the {MAX_JOBS}-job limit", filename=filename)
+    specs_in_order = _resolve_all(manifest, entries, sweep_points, filename)
+    problems = list(_cross_checks(manifest, filename, entries, specs_in_order))
     if problems:
         raise ManifestError("\n".join(problems), filename=filename)
     specs = {spec.job_id: spec for spec in specs_in_order if spec is not None}
-    return LoadedManifest(manifest, specs)
+    downstream: dict[str, list[str]] = {}
+    for spec in specs.values():
+        for up in spec.after:
+            downstream.setdefault(up, []).append(spec.job_id)
+    return LoadedManifest(
+        manifest, specs,
+        {name: [s.job_id for i in idx if (s := specs_in_order[i]) is not None]
+         for name, idx in sweep_points.items()},
+        {k: tuple(v) for k, v in downstream.items()})
+
+
+MAX_JOBS = 200_000
+
+
+def _resolve_all(manifest: Manifest, entries: list[Entry], sweep_points: dict[str, list[int]],
+                 filename: str) -> list[JobSpec | None]:
+    """Resolve upstream-first, so each job's id can include its upstream ids;
+    None for a job without a trainer (reported by the cross checks)."""
+    topo, ups, problems = order(entries, sweep_points, filename)
+    if problems:
+        raise ManifestError("\n".join(problems), filename=filename)
+    specs: list[JobSpec | None] = [None] * len(entries)
+    for i in topo:
+        entry = entries[i]
+        trainer = manifest.trainers.get(entry.job.model)
+        upstream = {name: spec.job_id for name, j in ups[i].items()
+                    if (spec := specs[j]) is not None}
+        if trainer is not None and len(upstream) == len(ups[i]):
+            specs[i] = resolve(entry.job, manifest.defaults, trainer, i, upstream, entry.sweep)
+    return specs
 
 
 def _parse_toml(data: bytes, filename: str, max_bytes: int) -> dict[str, Any]:
@@ -136,13 +177,15 @@ def _reasons(errs: list[dict[str, Any]]) -> str:
 
 def _where(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     """Name the job by name and index, and the field by its dotted path."""
-    if len(loc) >= 2 and loc[0] == "jobs" and isinstance(loc[1], int):
+    if len(loc) >= 2 and loc[0] in ("jobs", "sweeps") and isinstance(loc[1], int):
         index = loc[1]
-        jobs = raw.get("jobs")
+        jobs = raw.get(loc[0])
         name = None
         if isinstance(jobs, list) and index < len(jobs) and isinstance(jobs[index], dict):
             name = jobs[index].get("name")
-        label = f"job {name!r} (jobs[{index}])" if isinstance(name, str) else f"jobs[{index}]"
+        kind = "job" if loc[0] == "jobs" else "sweep"
+        label = f"{kind} {name!r} ({loc[0]}[{index}])" if isinstance(name, str) \
+            else f"{loc[0]}[{index}]"
         field = _dotted(loc[2:])
         return f"{label}: field {field!r}" if field else label
     if len(loc) >= 2 and loc[0] in ("trainers", "hosts"):
@@ -177,35 +220,50 @@ def _reason(err: dict[str, Any]) -> str:
 
 
 def _cross_checks(
-    manifest: Manifest, filename: str, specs: list[JobSpec | None]
+    manifest: Manifest, filename: str, entries: list[Entry], specs: list[JobSpec | None]
 ) -> Iterable[str]:
-    """`specs[i]` is jobs[i] resolved (None without a trainer): resolving once
-    per job halves the load time of a 100,000-job manifest."""
+    """`specs[i]` is entries[i] resolved (None without a trainer, or downstream
+    of a job without one): resolving once per job halves the load time of a
+    100,000-job manifest. A sweep's bad model or hyper key is said once, not
+    once per point."""
     seen_names: dict[str, int] = {}
     seen_ids: dict[str, int] = {}
-    for index, job in enumerate(manifest.jobs):
-        where = f"{filename}: job {job.name!r} (jobs[{index}])"
+    said: set[tuple[str | None, str]] = set()
+    for index, entry in enumerate(entries):
+        job = entry.job
+        where = f"{filename}: {entry.where}"
+        if entry.sweep is not None:
+            where = f"{filename}: sweep {entry.sweep!r} (sweeps[{entry.sweep_index}])"
         trainer = manifest.trainers.get(job.model)
         if trainer is None:
-            yield f"{where}: field 'model': no [trainers.{job.model}] table"
+            if (entry.sweep, "model") not in said:
+                yield f"{where}: field 'model': no [trainers.{job.model}] table"
+            if entry.sweep is not None:
+                said.add((entry.sweep, "model"))
             continue
         for key in job.hyper:
-            if key not in trainer.hyper:
+            if key not in trainer.hyper and (entry.sweep, key) not in said:
                 accepted = ", ".join(trainer.hyper) or "none"
                 yield (
                     f"{where}: field 'hyper.{key}': trainer {job.model!r} does not accept it "
                     f"(accepted: {accepted})"
                 )
+                if entry.sweep is not None:
+                    said.add((entry.sweep, key))
+        where = f"{filename}: {entry.where}"
         if job.name in seen_names:
-            yield f"{where}: field 'name': duplicate of jobs[{seen_names[job.name]}]"
+            first = entries[seen_names[job.name]]
+            other = first.where if first.sweep else f"jobs[{seen_names[job.name]}]"
+            yield f"{where}: field 'name': duplicate of {other}"
         seen_names.setdefault(job.name, index)
         spec = specs[index]
-        assert spec is not None
+        if spec is None:
+            continue  # downstream of a job without a trainer: that job is reported
         jid = spec.job_id
         if jid in seen_ids:
-            other = manifest.jobs[seen_ids[jid]].name
+            other = entries[seen_ids[jid]].where
             yield (
-                f"{where}: same identity {jid} as job {other!r} (jobs[{seen_ids[jid]}]): "
+                f"{where}: same identity {jid} as {other}: "
                 "they would train the same artifact"
             )
         seen_ids.setdefault(jid, index)

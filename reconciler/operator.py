@@ -47,7 +47,7 @@ def requeued(state: JobState) -> JobState:
         raise LedgerError(f"job {state.name} ({state.job_id}) is {state.status.value}: only "
                           "failed, cancelled or completed jobs are requeued")
     return state.model_copy(update={"status": Status.PENDING, "holder": None, "lost": 0,
-                                    "artifact": None, "last_error": None})
+                                    "artifact": None, "last_error": None, "failures": 0})
 
 
 def _check_requeue(snap: Snapshot, old: JobState) -> None:

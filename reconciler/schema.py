@@ -28,6 +28,7 @@ from reconciler.state import (  # noqa: F401 - re-exported
     STATE_SCHEMA,
     TERMINAL,
     Artifact,
+    Checkpoint,
     JobState,
     Status,
     parse_state,
@@ -96,6 +97,11 @@ class Fleet(StrictTypes):
     )
     prune: bool = Field(
         False, description="Cancel jobs removed from the manifest instead of reporting them."
+    )
+    checkpoint_every_s: float = Field(
+        600.0, ge=0, le=31_536_000, allow_inf_nan=False,
+        description="Seconds between saves of a running job's checkpoint dir while it "
+        "changed (0: only on a graceful release).",
     )
 
     @model_validator(mode="after")
@@ -168,6 +174,14 @@ class JobFields(StrictTypes):
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed (identity).")
     n_resamples: int | None = Field(None, ge=1, le=1_000_000, description="Resample count.")
+    retries: int | None = Field(
+        None, ge=0, le=1000,
+        description="Trainer failures (exit != 0, timeout, signal) retried per requeue (0).",
+    )
+    timeout_s: Seconds | None = Field(
+        None, description="Per job: SIGTERM, then SIGKILL; the attempt fails. Wins over "
+        "[trainers.X] timeout_s.",
+    )
 
 
 class Defaults(JobFields):
@@ -181,6 +195,11 @@ class Job(JobFields):
         default_factory=dict, description="Hyperparameters, passed as --<key> <value>."
     )
     cancel: bool = Field(False, description="Declarative cancel: the reconciler stops the job.")
+    after: list[Name] = Field(
+        default_factory=list, max_length=10_000,
+        description="Job or sweep names that must be completed first (afterok); their "
+        "artifacts are unpacked in $TRAINLEDGER_INPUTS.",
+    )
 
     @field_validator("hyper", mode="before")
     @classmethod
@@ -194,6 +213,28 @@ class Job(JobFields):
         return hyper
 
 
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class Sweep(Job):
+    """A grid that expands at load time into one job per point (reconciler/sweeps.py)."""
+
+    grid: dict[HyperKey, Annotated[list[HyperValue], Field(min_length=1, max_length=10_000)]] \
+        = Field(..., min_length=1, description="Hyper keys -> the values to sweep over.")
+    seed: Seed | list[Seed] | None = Field(  # type: ignore[assignment]
+        None, description="A seed, or a list of seeds that expands like a grid key.")
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _no_huge_grid_ints(cls, grid: Any) -> Any:
+        if isinstance(grid, dict):
+            for key, values in grid.items():
+                for value in values if isinstance(values, list) else []:
+                    if type(value) is int and not -(2**63) <= value <= 2**63 - 1:
+                        raise ValueError(f"{key!r} = {value} does not fit in 64 bits")
+        return grid
+
+
 class Manifest(StrictTypes):
     schema_version: Literal[1] = Field(..., description="Manifest format version.")
     name: Name = Field(..., description="Fleet name.")
@@ -202,6 +243,9 @@ class Manifest(StrictTypes):
     trainers: dict[Name, Trainer] = Field(default_factory=dict, description="How to run models.")
     hosts: dict[Name, Host] = Field(default_factory=dict, description="Per-host policy.")
     jobs: list[Job] = Field(default_factory=list, max_length=200_000, description="The jobs.")
+    sweeps: list[Sweep] = Field(
+        default_factory=list, max_length=10_000, description="Grids expanded into jobs."
+    )
 
     @field_validator("hosts")
     @classmethod

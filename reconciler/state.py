@@ -47,6 +47,16 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
                  "description": "Bundle size in bytes."},
     },
 }
+CHECKPOINT_SCHEMA: dict[str, Any] = {
+    "title": "Checkpoint",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["sha256", "size", "attempt"],
+    "properties": {
+        **ARTIFACT_SCHEMA["properties"],
+        "attempt": {**_INT31, "description": "The attempt that saved it."},
+    },
+}
 STATE_SCHEMA: dict[str, Any] = {
     "title": "JobState",
     "description": "Observed state of one job: state/<aa>/<job_id>.json.",
@@ -74,6 +84,11 @@ STATE_SCHEMA: dict[str, Any] = {
         "last_error": {"anyOf": [{"type": "string", "maxLength": 8192}, {"type": "null"}],
                        "default": None,
                        "description": "Why it last failed, was swept or released."},
+        "failures": {**_INT31, "default": 0,
+                     "description": "Trainer failures since the last requeue (retries)."},
+        "checkpoint": {"anyOf": [CHECKPOINT_SCHEMA, {"type": "null"}], "default": None,
+                       "description": "The latest saved checkpoint dir (.tar.zst); the next "
+                       "attempt starts from it. Dropped on completion."},
     },
 }
 
@@ -139,6 +154,16 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    sha256: str
+    size: int
+    attempt: int
+
+    def __post_init__(self) -> None:
+        check(asdict(self), CHECKPOINT_SCHEMA, "checkpoint")
+
+
+@dataclass(frozen=True)
 class JobState:
     """Observed state of one job (`state/<aa>/<job_id>.json`), validated when made."""
 
@@ -151,10 +176,15 @@ class JobState:
     cpu_ok: bool = False
     artifact: Artifact | None = None
     last_error: str | None = None
+    failures: int = 0
+    checkpoint: Checkpoint | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.artifact, dict):
             object.__setattr__(self, "artifact", Artifact(**self.artifact))
+        if isinstance(self.checkpoint, dict):
+            check(self.checkpoint, CHECKPOINT_SCHEMA, "checkpoint")
+            object.__setattr__(self, "checkpoint", Checkpoint(**self.checkpoint))
         if not isinstance(self.status, Status):
             check(self.status, STATE_SCHEMA["properties"]["status"], "status")
             object.__setattr__(self, "status", Status(self.status))
@@ -164,6 +194,8 @@ class JobState:
                              f"(status {self.status.value}, holder {self.holder!r})")
         if (self.status is Status.COMPLETED) != (self.artifact is not None):
             raise StateError("artifact must be set exactly when status is completed")
+        if self.status is Status.COMPLETED and self.checkpoint is not None:
+            raise StateError("a completed job keeps no checkpoint")
         if self.status in HELD and self.attempt == 0:
             raise StateError("a held job has attempt >= 1")
 
@@ -176,6 +208,8 @@ class JobState:
         out["status"] = self.status.value if isinstance(self.status, Status) else self.status
         out["artifact"] = asdict(self.artifact) if isinstance(self.artifact, Artifact) \
             else self.artifact
+        out["checkpoint"] = asdict(self.checkpoint) if isinstance(self.checkpoint, Checkpoint) \
+            else self.checkpoint
         return out
 
     @classmethod
@@ -188,12 +222,21 @@ class JobState:
         return cls(**raw)
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, 2-space indent, trailing newline."""
-        return json.dumps(self.model_dump(), sort_keys=True, indent=2) + "\n"
+        """Canonical JSON: sorted keys, 2-space indent, trailing newline. The
+        pipeline fields are left out at their defaults, so a job that never
+        failed a trainer or saved a checkpoint has the bytes it always had."""
+        data = self.model_dump()
+        for key in _OMITTED_AT_DEFAULT:
+            if data[key] == STATE_SCHEMA["properties"][key]["default"]:
+                del data[key]
+        return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
     @property
     def path(self) -> str:
         return state_path(self.job_id)
+
+
+_OMITTED_AT_DEFAULT = ("failures", "checkpoint")
 
 
 def state_path(job_id: str) -> str:

@@ -26,6 +26,7 @@ from reconciler.ledger import HeartbeatRecord, Ledger, Snapshot
 from reconciler.manifest import LoadedManifest
 from reconciler.state import Status
 from reconciler.timeline import Timeline, read_timeline
+from reconciler.upstream import upstream_reasons
 
 ORDER = [s.value for s in Status]
 DEFAULT_STALE_S = 600.0
@@ -122,6 +123,12 @@ def job_rows(snap: Snapshot, workers: list[dict[str, Any]], timeline: Timeline |
             "last_line": beat["last_line"] if beat else None,
             "last_seen_s": seen, "orphan": spec is None,
             **_times(last.get(job_id), state.attempt, now),
+            "failures": state.failures,
+            "retries": spec.retries if spec else None,
+            "checkpoint": ({"sha256": state.checkpoint.sha256, "size": state.checkpoint.size,
+                            "attempt": state.checkpoint.attempt} if state.checkpoint else None),
+            "after": list(spec.after_names) if spec else [],
+            "upstream": upstream_reasons(spec, snap.states) if spec and spec.after else [],
         })
     return rows
 
@@ -154,7 +161,7 @@ def unschedulable(snap: Snapshot, loaded: LoadedManifest | None,
     for job_id, spec in loaded.specs.items():
         state = snap.states.get(job_id)
         if state is not None and state.status is Status.PENDING:
-            why = fleet_reasons(spec, state, live)
+            why = fleet_reasons(spec, state, live, snap.states)
             if why:
                 out.append({"job_id": job_id, "name": state.name, "reasons": why})
     return out
@@ -247,7 +254,12 @@ def job_table(jobs: list[dict[str, Any]], wide: bool = False) -> list[str]:
                     _stamp(j.get("ended_at")),
                     f"{j['last_seen_s']:.0f}s" if j["last_seen_s"] is not None else "",
                     j["artifact"]["sha256"][:12] if j["artifact"] else ""]
-        row.append(error_line(j["last_error"], 1000 if wide else 60))
+        error = error_line(j["last_error"], 1000 if wide else 60)
+        if j.get("failures"):
+            error = f"[{j['failures']} failure(s)] {error}"
+        if j.get("upstream") and j["status"] == "pending":
+            error = "; ".join(j["upstream"])[:1000 if wide else 80]
+        row.append(error)
         rows.append(row)
     return table(head, rows, right={"ATT", "ELAPSED", "PROGRESS", "SEEN"})
 

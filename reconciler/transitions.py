@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from reconciler.errors import IllegalTransition
-from reconciler.state import HELD, JobState, Status
+from reconciler.state import HELD, Checkpoint, JobState, Status
+from reconciler.trailers import Change
 
 P, C, R = Status.PENDING, Status.CLAIMED, Status.RUNNING
 DONE, FAIL, CANC = Status.COMPLETED, Status.FAILED, Status.CANCELLED
@@ -60,7 +61,7 @@ def _claim(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | No
         return f"a claim must raise the attempt by one ({old.attempt} -> {old.attempt + 1})"
     if new.holder != actor.name:
         return f"a worker claims only for itself (holder {new.holder}, pusher {actor.name})"
-    return _same(old, new, "lost", "cpu_ok")
+    return _same(old, new, "lost", "cpu_ok", "failures", "checkpoint")
 
 
 def _start(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
@@ -68,14 +69,46 @@ def _start(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | No
 
 
 def _finish(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
-    return _fenced(old, new, actor) or _same(old, new, "lost", "cpu_ok")
+    rule = _fenced(old, new, actor) or _same(old, new, "lost", "cpu_ok")
+    if rule is None and new.failures not in (old.failures, old.failures + 1):
+        rule = f"a failure counts once (failures {old.failures} -> {new.failures})"
+    return rule or _own_checkpoint(old, new)
+
+
+def _own_checkpoint(old: JobState, new: JobState) -> str | None:
+    """A worker may record only a checkpoint its own attempt saved."""
+    if new.checkpoint != old.checkpoint and new.checkpoint is not None \
+            and new.checkpoint.attempt != old.attempt:
+        return (f"a checkpoint is recorded by the attempt that saved it "
+                f"(checkpoint attempt {new.checkpoint.attempt}, attempt {old.attempt})")
+    return None
 
 
 def _release(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
-    rule = _fenced(old, new, actor) or _same(old, new, "cpu_ok")
+    rule = _fenced(old, new, actor) or _same(old, new, "cpu_ok", "failures")
     if rule is None and new.lost not in (old.lost, old.lost + 1):
         rule = f"a release keeps the budget or spends one claim (lost {old.lost} -> {new.lost})"
-    return rule
+    return rule or _own_checkpoint(old, new)
+
+
+def _retry(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
+    """A trainer failure with retries left: back to pending, counted in `failures`
+    (the retry budget is the manifest's, which the worker reads; `lost` is untouched)."""
+    rule = _fenced(old, new, actor) or _same(old, new, "cpu_ok", "lost")
+    if rule is None and new.failures != old.failures + 1:
+        rule = f"a retry counts one failure (failures {old.failures} -> {old.failures + 1})"
+    if rule is None and not new.last_error:
+        rule = "a retry says why the trainer failed (last_error)"
+    return rule or _own_checkpoint(old, new)
+
+
+def _checkpoint(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
+    """The holder records a checkpoint of its running attempt; nothing else changes."""
+    rule = _fenced(old, new, actor) or _same(
+        old, new, "holder", "lost", "cpu_ok", "failures", "artifact", "last_error")
+    if rule is None and (new.checkpoint is None or new.checkpoint == old.checkpoint):
+        rule = "a checkpoint move records a new checkpoint"
+    return rule or _own_checkpoint(old, new)
 
 
 def _sweep_pending(old: JobState, new: JobState, _actor: Actor, budget: Budget) -> str | None:
@@ -104,6 +137,9 @@ def _requeue(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str |
     rule = _same(old, new, "attempt")
     if rule is None and new.lost != 0:
         rule = "a requeue resets the budget (lost must be 0)"
+    if rule is None and new.failures not in (0, old.failures):
+        rule = f"a requeue resets the retries or keeps them (failures {old.failures} -> " \
+            f"{new.failures})"
     return rule
 
 
@@ -123,8 +159,9 @@ TABLE: dict[tuple[Status, Status], list[tuple[Role, Check, str]]] = {
     (R, DONE): [(W, _finish, "complete")],
     (C, FAIL): [(W, _finish, "fail"), (REC, _sweep_failed, "sweep")],
     (R, FAIL): [(W, _finish, "fail"), (REC, _sweep_failed, "sweep")],
-    (C, P): [(W, _release, "release"), (REC, _sweep_pending, "sweep")],
-    (R, P): [(W, _release, "release"), (REC, _sweep_pending, "sweep")],
+    (C, P): [(W, _retry, "retry"), (W, _release, "release"), (REC, _sweep_pending, "sweep")],
+    (R, P): [(W, _retry, "retry"), (W, _release, "release"), (REC, _sweep_pending, "sweep")],
+    (R, R): [(W, _checkpoint, "checkpoint")],
     (P, CANC): [(OP, _cancel, "cancel"), (REC, _cancel, "cancel")],
     (C, CANC): [(OP, _cancel, "cancel"), (REC, _cancel, "cancel")],
     (R, CANC): [(OP, _cancel, "cancel"), (REC, _cancel, "cancel")],
@@ -205,3 +242,32 @@ def _deny(old: JobState | None, rule: str, actor: Actor, label: str) -> None:
         f"{label} by {actor} refused: {rule}",
         job_id=old.job_id, attempt=old.attempt, holder=old.holder, label=label,
     )
+
+
+# ------------------------------------------------- moves of the pipelines (issue 15)
+
+
+def _change(old: JobState, new: JobState, meaning: str) -> Change:
+    return Change(old.job_id, new.name, old.attempt,
+                  f"{old.status.value}->{new.status.value}", meaning)
+
+
+def retry(state: JobState, error: str) -> tuple[JobState, Change]:
+    """A held job whose trainer failed with retries left: pending again, one more failure."""
+    new = state.model_copy(update={"status": Status.PENDING, "holder": None,
+                                   "failures": state.failures + 1, "last_error": error})
+    return new, _change(state, new, "retry")
+
+
+def fail_trainer(state: JobState, error: str) -> tuple[JobState, Change]:
+    """A held job whose trainer failed with no retries left."""
+    new = state.model_copy(update={"status": Status.FAILED, "holder": None,
+                                   "failures": state.failures + 1, "last_error": error})
+    return new, _change(state, new, "fail")
+
+
+def record_checkpoint(state: JobState, sha256: str, size: int) -> tuple[JobState, Change]:
+    """The running attempt saved its checkpoint dir into the store."""
+    new = state.model_copy(update={
+        "checkpoint": Checkpoint(sha256=sha256, size=size, attempt=state.attempt)})
+    return new, _change(state, new, "checkpoint")

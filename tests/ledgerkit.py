@@ -25,7 +25,8 @@ def manifest_text(
     lines = ['schema_version = 1', 'name = "test-fleet"', "", "[fleet]"]
     lines += [f"{k} = {_toml(v)}" for k, v in fleet.items()]
     lines += ["", "[trainers.quick]", f"command = {_toml(argv)}",
-              'hyper = ["seconds", "exit_code", "size", "lr", "steps"]', ""]
+              'hyper = ["seconds", "exit_code", "size", "lr", "steps", "fail_attempts", '
+              '"term_exit"]', ""]
     specs = [{"name": f"job-{i:03d}", "seed": i} for i in range(jobs)] \
         if isinstance(jobs, int) else jobs
     for spec in specs:

@@ -20,16 +20,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import trailers
+from reconciler import trailers, transitions
 from reconciler.eligibility import EligibleJobs, choose_device, reasons
 from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
 from reconciler.identity import JobSpec
 from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
 from reconciler.manifest import LoadedManifest
-from reconciler.schema import HELD, Artifact, Capability, JobState, Status
+from reconciler.schema import HELD, Artifact, Capability, Checkpoint, JobState, Status
 from reconciler.sdnotify import notify
 from reconciler.store import Store, pack_into
+from reconciler.upstream import inputs_of
 from worker.beat import Beater, Held
+from worker.checkpoint import CheckpointDir
+from worker.pipeline import PipelineSteps
 from worker.runner import Outcome, TrainerRun
 
 log = logging.getLogger("trainledger.worker")
@@ -52,7 +55,7 @@ def event(kind: str, **fields: object) -> None:
     log.info("event=%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
-class Worker:
+class Worker(PipelineSteps):
     def __init__(self, config: WorkerConfig, ledger: Ledger, beat_ledger: Ledger,
                  store: Callable[[LoadedManifest], Store], capability: Capability,
                  rng: random.Random | None = None,
@@ -66,6 +69,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.clock = clock
         self.runs: dict[str, TrainerRun] = {}
+        self.checkpoints: dict[str, CheckpointDir] = {}  # by job id, while it runs here
         self.manifest: LoadedManifest | None = None
         self.claimed_total = 0
         self.stopping = threading.Event()
@@ -107,6 +111,7 @@ class Worker:
                 notify("WATCHDOG=1")
                 self._reap()
                 self._enforce_revocations()
+                self._save_checkpoints()
                 idle = self._maybe_claim()
                 if idle and not self.runs and self.config.exit_when_idle:
                     event("idle-exit", worker=self.name)
@@ -125,11 +130,14 @@ class Worker:
         notify("STOPPING=1")
         self.beater.stop()
         release = {}
+        saved: dict[str, Artifact] = {}
         for run in list(self.runs.values()):
             run.stop("worker shutting down", grace_s=self.config.stop_grace_s)
             release[run.spec.job_id] = (run.attempt, "released: worker shut down")
+            if (artifact := self._save_checkpoint(run, final=True)) is not None:
+                saved[run.spec.job_id] = artifact
         if release:
-            self._release(release, count=False)
+            self._release(release, count=False, checkpoints=saved)
         self.runs.clear()
         if self.beater.is_alive():
             self.beater.join(timeout=10)
@@ -180,6 +188,7 @@ class Worker:
         if free <= 0 or self.stopping.is_set():
             return False
         chosen: list[tuple[JobSpec, JobState]] = []
+        upstream: dict[str, dict[str, JobState]] = {}
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
@@ -188,6 +197,8 @@ class Worker:
                 return None
             for spec in self._eligible(loaded, snap).pick(free, self.rng, skip=self.runs):
                 old = snap.states[spec.job_id]
+                if spec.after:
+                    upstream[spec.job_id] = inputs_of(spec, snap.states)
                 chosen.append((spec, old.model_copy(update={
                     "status": Status.CLAIMED, "attempt": old.attempt + 1, "holder": self.name,
                     "last_error": None})))
@@ -205,7 +216,7 @@ class Worker:
             event("claim", job=spec.name, attempt=state.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
             self.claimed_total += 1
-            self._start(spec, state.attempt)
+            self._start(spec, state.attempt, state.checkpoint, upstream.get(spec.job_id, {}))
         self._commit_start([(s.job_id, st.attempt) for s, st in chosen])
         self.beater.poke()
         return False
@@ -221,14 +232,16 @@ class Worker:
         last = self._eligible_at
         if last is not None and last[0] == snap.base and last[1] is loaded \
                 and last[2] is self.capability:
-            ids: Iterable[str] = snap.changed
+            # a job waiting on an upstream is judged again when the upstream changes
+            ids: Iterable[str] = set(snap.changed).union(
+                *(loaded.downstream.get(j, ()) for j in snap.changed))
         else:
             self._eligible_jobs = EligibleJobs()
             ids = loaded.specs
         for job_id in ids:
             spec = loaded.specs.get(job_id)
             if spec is not None and not reasons(spec, snap.states.get(job_id), self.name, host,
-                                                self.capability):
+                                                self.capability, snap.states):
                 self._eligible_jobs.add(spec)
             else:
                 self._eligible_jobs.discard(job_id)
@@ -255,19 +268,23 @@ class Worker:
 
     # -------------------------------------------------------------------- run
 
-    def _start(self, spec: JobSpec, attempt: int) -> None:
+    def _start(self, spec: JobSpec, attempt: int, checkpoint: Checkpoint | None = None,
+               upstream: dict[str, JobState] | None = None) -> None:
         attempt_dir = self.config.state_dir / "jobs" / f"{spec.job_id}-{attempt}"
         if attempt_dir.exists():
             shutil.rmtree(attempt_dir)
         log_path = self.config.state_dir / "logs" / f"{spec.name}-{spec.job_id}-{attempt}.log"
+        env = self._prepare(spec, attempt, attempt_dir, checkpoint, upstream or {})
+        if env is None:
+            return
         run = TrainerRun(spec, attempt, attempt_dir, log_path,
-                         choose_device(spec, self.capability), self.exited)
+                         choose_device(spec, self.capability), self.exited, env)
         try:
             run.start(self.clock())
         except OSError as exc:
             event("start-failed", job=spec.name, attempt=attempt, error=exc)
             self.runs[spec.job_id] = run
-            self._finish_failed(run, f"trainer could not start: {exc}")
+            self._finish_failed(run, f"trainer could not start: {exc}", trainer=True)
             return
         self.runs[spec.job_id] = run
         event("start", job=spec.name, attempt=attempt, pid=run.pid, log=log_path,
@@ -327,14 +344,15 @@ class Worker:
             self._finish_completed(run)
         else:
             event("trainer-failed", job=name, attempt=attempt, reason=repr(outcome.reason))
-            self._finish_failed(run, f"trainer {outcome.reason}; log tail:\n{run.log_tail()}")
+            self._finish_failed(run, f"trainer {outcome.reason}; log tail:\n{run.log_tail()}",
+                                trainer=True)
 
     def _finish_completed(self, run: TrainerRun) -> None:
         try:
             artifact = self._put_with_retries(run)
         except BundleError as exc:  # the trainer's own outputs are unsafe: its failure
             event("bundle-refused", job=run.spec.name, attempt=run.attempt, error=repr(str(exc)))
-            self._finish_failed(run, f"outputs cannot be bundled: {exc}")
+            self._finish_failed(run, f"outputs cannot be bundled: {exc}", trainer=True)
             return
         except StoreError as exc:
             self._store_failed(run, exc)
@@ -342,7 +360,8 @@ class Worker:
         written = self._fenced({run.spec.job_id: (
             run.attempt, Status.RUNNING,
             lambda s: s.model_copy(update={"status": Status.COMPLETED, "holder": None,
-                                           "artifact": artifact, "last_error": None}),
+                                           "artifact": artifact, "last_error": None,
+                                           "checkpoint": None}),
             "running->completed", "complete")})
         if run.spec.job_id in written:
             event("complete", job=run.spec.name, attempt=run.attempt, sha256=artifact.sha256,
@@ -366,42 +385,74 @@ class Worker:
     def _store_failed(self, run: TrainerRun, exc: StoreError) -> None:
         """The outputs could not be stored: give the job back, spending budget,
         so a full store cannot loop forever."""
+        self._give_back(run.spec.job_id, run.attempt, Status.RUNNING,
+                        f"store failed on {self.name}: {exc}")
+        self._forget(run)
+
+    def _give_back(self, job_id: str, attempt: int, status: Status | None, why: str) -> None:
+        """Pending again spending one claim of max_attempts, or failed once they
+        are spent: not the trainer's failure, but one that must not loop forever."""
         fleet = self._fleet()
         max_attempts = fleet.max_attempts if fleet else 3
+        error = why[:MAX_ERROR]
 
         def give_back(s: JobState) -> JobState:
-            error = f"store failed on {self.name}: {exc}"[:MAX_ERROR]
             if s.lost + 1 >= max_attempts:
                 return s.model_copy(update={"status": Status.FAILED, "holder": None,
                                             "last_error": error})
             return s.model_copy(update={"status": Status.PENDING, "holder": None,
                                         "lost": s.lost + 1, "last_error": error})
-        self._fenced({run.spec.job_id: (run.attempt, Status.RUNNING, give_back,
-                                        "running->pending", "release")})
-        self._forget(run)
+        self._fenced({job_id: (attempt, status, give_back, None, "release")})
 
-    def _finish_failed(self, run: TrainerRun, error: str) -> None:
-        written = self._fenced({run.spec.job_id: (
-            run.attempt, None,
-            lambda s: s.model_copy(update={"status": Status.FAILED, "holder": None,
-                                           "last_error": error[-MAX_ERROR:]}),
-            None, "fail")})
+    def _finish_failed(self, run: TrainerRun, error: str, trainer: bool = False) -> None:
+        """A trainer failure (exit != 0, timeout, signal, unbundlable outputs) with
+        retries left sends the job back to pending; otherwise it fails."""
+        error = error[-MAX_ERROR:]
+        moved: dict[str, str] = {}
+
+        def make(s: JobState) -> tuple[JobState, trailers.Change]:
+            if trainer and s.failures < run.spec.retries:
+                new, change = transitions.retry(s, error)
+            elif trainer:
+                new, change = transitions.fail_trainer(s, error)
+            else:
+                new = s.model_copy(update={"status": Status.FAILED, "holder": None,
+                                           "last_error": error})
+                change = trailers.Change(s.job_id, s.name, s.attempt, "", "fail")
+            moved["meaning"], moved["failures"] = change.meaning, str(new.failures)
+            return new, change
+
+        written = self._fenced({run.spec.job_id: (run.attempt, None, make, None, "fail")})
         if run.spec.job_id in written:
-            event("fail", job=run.spec.name, attempt=run.attempt)
+            event(moved["meaning"], job=run.spec.name, attempt=run.attempt,
+                  failures=f"{moved['failures']}/{run.spec.retries}")
         self._forget(run)
 
-    def _release(self, jobs: dict[str, tuple[int, str]], count: bool) -> None:
+    def _release(self, jobs: dict[str, tuple[int, str]], count: bool,
+                 checkpoints: dict[str, Artifact] | None = None) -> None:
+        """Give jobs back; a graceful release records the checkpoint it just saved."""
+        saved = checkpoints or {}
+
+        def update(s: JobState, why: str) -> JobState:
+            new = s.model_copy(update={"status": Status.PENDING, "holder": None,
+                                       "lost": s.lost + (1 if count else 0), "last_error": why})
+            if (a := saved.get(s.job_id)) is not None:
+                new = new.model_copy(update={"checkpoint": Checkpoint(a.sha256, a.size,
+                                                                      s.attempt)})
+            return new
+
         self._fenced({
-            job_id: (attempt, None,
-                     lambda s, why=why: s.model_copy(update={
-                         "status": Status.PENDING, "holder": None,
-                         "lost": s.lost + (1 if count else 0), "last_error": why}),
-                     None, "release")
+            job_id: (attempt, None, lambda s, why=why: update(s, why), None, "release")
             for job_id, (attempt, why) in jobs.items()})
 
     def _forget(self, run: TrainerRun) -> None:
+        """The local checkpoint dir goes too: a next attempt, here or elsewhere,
+        starts from the one the ledger recorded."""
         if self.runs.get(run.spec.job_id) is run:
             del self.runs[run.spec.job_id]
+        ckpt = self.checkpoints.pop(run.spec.job_id, None)
+        if ckpt is not None:
+            ckpt.drop()
         shutil.rmtree(run.dir, ignore_errors=True)
 
     # ---------------------------------------------------------- fenced writes
@@ -423,10 +474,14 @@ class Worker:
                         or cur.status not in HELD or (status and cur.status is not status)):
                     continue
                 new = make(cur)
+                said = meaning
+                if isinstance(new, tuple):  # a transitions constructor: (state, change)
+                    new, change = new
+                    said = change.meaning
                 states.append(new)
                 changes.append(trailers.Change(
                     job_id, new.name, attempt,
-                    label or f"{cur.status.value}->{new.status.value}", meaning))
+                    label or f"{cur.status.value}->{new.status.value}", said))
                 written.add(job_id)
             return Proposal.of_states(states, changes) if states else None
 

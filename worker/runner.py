@@ -94,18 +94,25 @@ class Outcome:
     returncode: int | None  # None: still running
     reason: str  # "exit 0", "exit 3", "signal SIGKILL", "timeout after 5s", "stopped: ..."
     stopped: bool = False  # we stopped it (cancel, lost lease, shutdown): write no result
+    timed_out: bool = False  # the job's timeout_s stopped it: a failure whatever the exit code
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.stopped
+        return self.returncode == 0 and not self.stopped and not self.timed_out
+
+
+def _how(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
 
 
 class TrainerRun:
     """One attempt of one job: the process, its log, its progress."""
 
     def __init__(self, spec: JobSpec, attempt: int, attempt_dir: Path, log_path: Path,
-                 device: int | None = None, exited: threading.Event | None = None) -> None:
+                 device: int | None = None, exited: threading.Event | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.spec = spec
+        self.extra_env = dict(extra_env or {})  # TRAINLEDGER_INPUTS, _CHECKPOINT_DIR, ...
         self.attempt = attempt
         self.dir = attempt_dir
         self.output_dir = attempt_dir / "out"
@@ -133,7 +140,8 @@ class TrainerRun:
         self._proc = subprocess.Popen(
             trainer_argv(self.spec),
             cwd=workdir,
-            env=trainer_env(self.spec, self.attempt, self.output_dir, spec_path, self.device),
+            env={**trainer_env(self.spec, self.attempt, self.output_dir, spec_path, self.device),
+                 **self.extra_env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -180,10 +188,8 @@ class TrainerRun:
         if self._stop_reason is not None and not self._stop_reason.startswith("timeout"):
             return Outcome(code, f"stopped: {self._stop_reason}", stopped=True)
         if self._stop_reason is not None:
-            return Outcome(code, self._stop_reason)
-        if code < 0:
-            return Outcome(code, f"signal {signal.Signals(-code).name}")
-        return Outcome(code, f"exit {code}")
+            return Outcome(code, f"{self._stop_reason} ({_how(code)})", timed_out=True)
+        return Outcome(code, _how(code))
 
     def stop(self, reason: str, grace_s: float = 10.0, counts_as_failure: bool = False) -> None:
         """SIGTERM to the whole group, SIGKILL after `grace_s`; waits for the exit."""

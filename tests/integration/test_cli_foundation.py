@@ -67,7 +67,8 @@ def test_validate_ok_and_the_default_file(tmp_path: Path) -> None:
     proc = reconciler("validate", cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "manifest.toml: ok (2 jobs)\n")
     proc = reconciler("validate", "--json", cwd=tmp_path)
-    assert json.loads(proc.stdout) == {"ok": True, "file": "manifest.toml", "jobs": 2}
+    assert json.loads(proc.stdout) == {"ok": True, "file": "manifest.toml", "jobs": 2,
+                                         "sweeps": {}}
 
 
 def test_validate_of_a_missing_file_is_one_line(tmp_path: Path) -> None:

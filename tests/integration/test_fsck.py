@@ -72,8 +72,8 @@ def test_a_clean_ledger_is_ok_and_bad_bundles_are_named(tmp_path: Path) -> None:
     LocalStore(led.store).path(sha_y).unlink()
     report = fsck(led.url, str(led.store), fix=False, with_history=False)
     assert not report["ok"]
-    assert report["bundles"]["corrupt"] == [{"job": "x", "sha256": sha_x}]
-    assert report["bundles"]["missing"] == [{"job": "y", "sha256": sha_y}]
+    assert report["bundles"]["corrupt"] == [{"job": "x", "sha256": sha_x, "kind": "artifact"}]
+    assert report["bundles"]["missing"] == [{"job": "y", "sha256": sha_y, "kind": "artifact"}]
     assert report["bundles"]["unreferenced"] == [hashlib.sha256(b"orphan").hexdigest()]
 
 

@@ -225,4 +225,5 @@ def test_the_ledgers_manifest_validates_with_the_cli(tmp_path: Path, template: P
     (tmp_path / "m.toml").write_text(git(ledger, "show", "main:manifest.toml"))
     proc = cli("validate", str(tmp_path / "m.toml"), "--json")
     assert proc.returncode == 0
-    assert json.loads(proc.stdout) == {"ok": True, "file": str(tmp_path / "m.toml"), "jobs": 4}
+    assert json.loads(proc.stdout) == {"ok": True, "file": str(tmp_path / "m.toml"), "jobs": 4,
+                                         "sweeps": {}}

@@ -41,6 +41,7 @@ LEGAL: dict[tuple[Status, Status], set[Role]] = {
     (CANC, P): {Role.OPERATOR},
     (DONE, P): {Role.OPERATOR},
     (P, P): {Role.RECONCILER},  # prefer_cuda grace opens (cpu_ok)
+    (R, R): {Role.WORKER},  # the holder records a checkpoint
 }
 
 
@@ -79,6 +80,9 @@ def natural(old_status: Status, new_status: Status, actor: Actor) -> tuple[JobSt
         update = {"lost": 0}
     if old_status is new_status:  # pending: the grace opens; else no transition at all
         update = {"cpu_ok": True} if old_status is P else {"last_error": "rewritten"}
+        if old_status is R and actor.role is Role.WORKER:  # running: a checkpoint
+            old = st(R, holder=actor.name)
+            update = {"checkpoint": {"sha256": "c" * 64, "size": 5, "attempt": old.attempt}}
     return old, to(old, new_status, **update)
 
 
@@ -354,4 +358,5 @@ def test_a_refusal_of_several_rules_names_each() -> None:
     text = str(err.value)
     assert "\n" not in text
     assert text == (f"job gbt-small ({JOB}) attempt 3, held by w1: running->pending by "
-                    "w2 (worker) refused: release: held by w1 (attempt 3), not w2")
+                    "w2 (worker) refused: retry: held by w1 (attempt 3), not w2; "
+                    "release: held by w1 (attempt 3), not w2")

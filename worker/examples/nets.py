@@ -21,6 +21,9 @@ NLLLoss (no deterministic CUDA kernel). An op without a deterministic CUDA
 kernel only warns (`warn_only=True`) instead of failing the job, and then
 repeat runs may differ: attention's backward on some GPUs is one. metrics.json
 records the device and its name.
+
+Every epoch ends with a checkpoint in $TRAINLEDGER_CHECKPOINT_DIR, and a run
+that finds one there continues from it (`worker.examples.resume`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.examples import common
+from worker.examples import common, resume
 from worker.examples.common import Job
 from worker.examples.data import Dataset
 
@@ -176,7 +179,9 @@ def fit(
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     shuffle = torch.Generator().manual_seed(job.seed)
     n = len(train_idx)
-    for epoch in range(args.epochs):
+    ckpt_dir = resume.checkpoint_dir()
+    for epoch in range(resume.resume(ckpt_dir, model, optimiser, shuffle, args.epochs),
+                       args.epochs):
         model.train()
         order = torch.randperm(n, generator=shuffle).to(device)
         for start in range(0, n, args.batch_size):
@@ -185,6 +190,8 @@ def fit(
             loss = cross_entropy(model(x_train[batch]), y_train[batch])
             loss.backward()
             optimiser.step()
+        resume.save_checkpoint(ckpt_dir, resume.training_state(epoch + 1, model, optimiser,
+                                                               shuffle))
         if epoch + 1 < args.epochs:
             common.progress((epoch + 1) / args.epochs)
 
