@@ -1,5 +1,5 @@
-"""Choosing jobs the way squeue and scancel do: by status, worker, model and a
-name glob. `status` shows what the selectors match; `cancel` and `requeue` act
+"""Choosing jobs the way squeue and scancel do: by status, worker, model, sweep
+and a name glob. `status` shows what the selectors match; `cancel` and `requeue` act
 on exactly the same set, so `status ... ` previews `cancel ... --dry-run`.
 
 A job's worker is its holder while it is held, else the host of its last
@@ -40,6 +40,8 @@ def add_selector_args(parser: argparse.ArgumentParser) -> None:
                         help="only jobs held by (or last run on) this worker; a glob works")
     parser.add_argument("--model", action="append", metavar="MODEL",
                         help="only jobs of this model; a glob works")
+    parser.add_argument("--sweep", action="append", metavar="SWEEP",
+                        help="only the points of this [[sweeps]] entry; a glob works")
 
 
 def is_glob(text: str) -> bool:
@@ -47,7 +49,7 @@ def is_glob(text: str) -> bool:
 
 
 def has_selector(args: argparse.Namespace) -> bool:
-    return bool(args.status or args.worker or args.model)
+    return bool(args.status or args.worker or args.model or getattr(args, "sweep", None))
 
 
 def _any(value: str | None, patterns: Iterable[str]) -> bool:
@@ -63,6 +65,8 @@ def row_matches(row: Mapping[str, Any], args: argparse.Namespace,
     if args.worker and not _any(row.get("holder") or row.get("last_host"), args.worker):
         return False
     if args.model and not _any(row.get("model"), args.model):
+        return False
+    if getattr(args, "sweep", None) and not _any(row.get("sweep"), args.sweep):
         return False
     names = list(names)
     return not names or any(fnmatchcase(row["name"], n) or row["job_id"].startswith(n)

@@ -115,6 +115,7 @@ def job_rows(snap: Snapshot, workers: list[dict[str, Any]], timeline: Timeline |
         beat, seen = held.get((job_id, state.attempt, state.holder or ""), (None, None))
         rows.append({
             "job_id": job_id, "name": state.name, "model": spec.model if spec else None,
+            "sweep": spec.sweep if spec else None,
             "status": state.status.value, "attempt": state.attempt, "holder": state.holder,
             "artifact": ({"sha256": state.artifact.sha256, "size": state.artifact.size}
                          if state.artifact else None),

@@ -209,3 +209,20 @@ def test_a_corrupt_upstream_artifact_is_refused_and_spends_claims(tmp_path: Path
     assert "does not re-hash to its name" in down.last_error
     assert "event=start job=down" not in w.text()
     assert_trailers_match(ledger.path)
+
+
+def test_status_selects_a_sweeps_points(tmp_path: Path, capsys) -> None:
+    """`status --sweep NAME` lists exactly that sweep's points, each row naming it."""
+    from reconciler.cli import main
+
+    sweep = ('\n[[sweeps]]\nname = "lr-grid"\nmodel = "quick"\n'
+             'grid = { lr = [0.1, 0.2, 0.3] }\nseed = [0, 1]\n')
+    led = make_ledger(tmp_path, 2, extra=sweep)
+    assert main(["run", "--ledger", led.url, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", "--ledger", led.url, "--sweep", "lr-*", "--json"]) == 0
+    jobs = json.loads(capsys.readouterr().out)["jobs"]
+    assert len(jobs) == 6 and {j["sweep"] for j in jobs} == {"lr-grid"}
+    assert main(["status", "--ledger", led.url, "--json"]) == 0
+    every = json.loads(capsys.readouterr().out)["jobs"]
+    assert len(every) == 8 and sum(j["sweep"] is None for j in every) == 2

@@ -158,6 +158,10 @@ def test_selectors() -> None:
     assert not row_matches(row, args, ["other"])
     assert not row_matches({**row, "status": "pending"}, args)
     assert not row_matches({**row, "last_host": "cpu1"}, args)
+    by_sweep = argparse.Namespace(status=None, worker=None, model=None, sweep=["sweep-*"])
+    assert row_matches({**row, "sweep": "sweep-lr"}, by_sweep)
+    assert not row_matches({**row, "sweep": "other"}, by_sweep)
+    assert not row_matches({**row, "sweep": None}, by_sweep)
     assert status_list("failed,cancelled") == ["failed", "cancelled"]
     with pytest.raises(argparse.ArgumentTypeError, match="expected one or more of"):
         status_list("faild")
