@@ -85,8 +85,10 @@ def test_versions() -> None:
 
 def test_a_fleet_seen_through_status_workers_health_metrics_and_requeue(
         tmp_path: Path) -> None:
+    # each worker gets jobs only it may run, so both hosts show in the report
+    # however the claim races go on a loaded machine
     jobs = [{"name": f"transformer-d512-h8-l6-lr3e-4-seed{i}", "seed": i,
-             "hyper": {"seconds": 0.3}} for i in range(4)]
+             "allowed_hosts": [f"w{1 + i % 2}"], "hyper": {"seconds": 0.3}} for i in range(4)]
     jobs.append({"name": "bad", "seed": 9, "hyper": {"seconds": 0.1, "exit_code": 3}})
     led = make_ledger(tmp_path, jobs=jobs, fleet=FAST)
     prom = tmp_path / "textfile" / "trainledger.prom"
