@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler import transitions
 from reconciler.apply import apply
 from reconciler.cli import add_ledger_arg, state_dir_default
 from reconciler.errors import LedgerError, ManifestError
+from reconciler.lease import Lease
 from reconciler.ledger import Ledger, Snapshot
 from reconciler.manifest import LoadedManifest, load_manifest
 from reconciler.observe import live_workers, observe
@@ -33,6 +35,7 @@ from reconciler.schema import Heartbeat
 from reconciler.sdnotify import notify, watchdog_interval_s
 from reconciler.sshconn import is_ssh
 from reconciler.state import JobState
+from reconciler.transitions import Move
 
 log = logging.getLogger("trainledger.reconciler")
 GC_EVERY_S = 600.0
@@ -108,7 +111,7 @@ class Reconciler:
         self._recheck(tip)
         applied = apply(self.ledger, self._decide)
         for action in applied.actions:
-            if action.meaning == "restore":
+            if action.meaning is Move.RESTORE:
                 self.restores.pop(action.new.job_id, None)
             log.info("event=%s job=%s attempt=%s %s", action.meaning, action.new.name,
                      action.new.attempt, action.reason)
@@ -127,7 +130,7 @@ class Reconciler:
         view = View(loaded.specs, loaded.fleet, snap.states)
         due = next_due(view, self.obs, now)
         self.due_at = None if due is None else now + due
-        # Restores go alone: their commit subject is how the re-check knows them.
+        # Restores go alone: their commit's `Ledger-Kind: restore` covers every change.
         return self._restore_actions(snap) or plan(view, self.obs, now)
 
     def _recheck(self, tip: str) -> None:
@@ -146,7 +149,7 @@ class Reconciler:
             if snap.states.get(job_id) != illegal:
                 del self.restores[job_id]  # moved on since: report only
                 continue
-            actions.append(Action(illegal, legal, "restore",
+            actions.append(Action(transitions.restore(illegal, legal),
                                   f"restored the state before illegal commit {commit[:12]}"))
         return actions
 
@@ -221,8 +224,7 @@ class Reconciler:
     def wait_s(self, tick_s: float | None = None) -> float:
         """Until the next pass: the tick (at most heartbeat_s, so a new beat is
         seen within one beat), or sooner when a sweep or grace falls due."""
-        fleet = self.manifest.fleet if self.manifest else None
-        tick = tick_s or (min(fleet.heartbeat_s, fleet.stale_after_s / 4) if fleet else 5.0)
+        tick = tick_s or Lease.of(self.manifest.fleet if self.manifest else None).tick_s
         if self.due_at is not None:
             tick = min(tick, self.due_at - self.clock() + 0.01)
         return max(MIN_WAIT_S, tick)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+from collections.abc import Callable
 
-from reconciler import trailers
+from reconciler import transitions
 from reconciler.cli import add_ledger_arg
 from reconciler.errors import LedgerError
 from reconciler.jobref import resolve_job
 from reconciler.ledger import Proposal, Snapshot
-from reconciler.state import TERMINAL, JobState, Status
+from reconciler.state import TERMINAL, JobState
 from reconciler.status import cached_ledger
 
 
@@ -31,22 +32,21 @@ def operator_identity(explicit: str | None = None) -> str:
     return proc.stdout.strip() or "operator"
 
 
-def cancelled(state: JobState) -> JobState:
+def cancelled(state: JobState) -> transitions.Step:
     if state.status in TERMINAL:
         raise LedgerError(f"job {state.name} ({state.job_id}) is already {state.status.value}")
-    return state.model_copy(update={"status": Status.CANCELLED, "holder": None,
-                                    "last_error": "cancelled by the operator"})
+    return transitions.cancel(state, "cancelled by the operator")
 
 
-def requeued(state: JobState) -> JobState:
+def requeued(state: JobState) -> transitions.Step:
     if state.status not in TERMINAL:
         raise LedgerError(f"job {state.name} ({state.job_id}) is {state.status.value}: only "
                           "failed, cancelled or completed jobs are requeued")
-    return state.model_copy(update={"status": Status.PENDING, "holder": None, "lost": 0,
-                                    "artifact": None, "last_error": None})
+    return transitions.requeue(state)
 
 
-def operate(url: str, job: str, change, meaning: str, identity: str) -> JobState:
+def operate(url: str, job: str, change: Callable[[JobState], transitions.Step], meaning: str,
+            identity: str) -> JobState:
     result: list[JobState] = []
 
     def build(snap: Snapshot) -> Proposal:
@@ -60,11 +60,9 @@ def operate(url: str, job: str, change, meaning: str, identity: str) -> JobState
             if spec.cancel:
                 raise LedgerError(f"job {old.name} has cancel = true in the manifest; remove "
                                   "it there first, or the reconciler cancels it again")
-        new = change(old)
-        result[:] = [new]
-        return Proposal.of_states([new], [trailers.Change(
-            old.job_id, old.name, old.attempt, f"{old.status.value}->{new.status.value}",
-            meaning)])
+        step = change(old)
+        result[:] = [step.new]
+        return Proposal.of_steps([step])
 
     with cached_ledger(url, f"operator-{identity}", identity) as ledger:
         ledger.write(build)

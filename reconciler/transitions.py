@@ -6,6 +6,12 @@ reconciler when it re-checks history, so both enforce exactly the same rules.
 
 The attempt is the fencing token: a worker's transition is legal only while the
 state still names that worker and that attempt.
+
+Every writer builds its changes with the move constructors at the end of this
+module (`claim(state, worker)`, `sweep(state, max_attempts, reason)`, ...): each
+returns a `Step`, the new state with its audit record, whose label is derived
+from the two states and whose meaning is a `Move`. To add a move, add it to
+`Move`, give it a constructor next to the others and a row in `TABLE`.
 """
 
 from __future__ import annotations
@@ -14,11 +20,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from reconciler import trailers
 from reconciler.errors import IllegalTransition
-from reconciler.state import HELD, JobState, Status
+from reconciler.state import HELD, Artifact, JobState, Status
 
 P, C, R = Status.PENDING, Status.CLAIMED, Status.RUNNING
 DONE, FAIL, CANC = Status.COMPLETED, Status.FAILED, Status.CANCELLED
+
+
+class Move(StrEnum):
+    """What a change means; the `meaning` of its Ledger-Transition group."""
+
+    CREATE = "create"
+    CLAIM = "claim"
+    START = "start"
+    COMPLETE = "complete"
+    FAIL = "fail"
+    RELEASE = "release"
+    SWEEP = "sweep"
+    CANCEL = "cancel"
+    REQUEUE = "requeue"
+    OPEN = "open"  # a prefer_cuda job opened to CPU workers
+    RESTORE = "restore"  # the reconciler undoes an illegal commit
+    RENAME = "rename"
+
+
+def budget_spent(lost: int, max_attempts: int) -> bool:
+    """The one budget rule: a job whose lost claims reach max_attempts fails
+    (a sweep's and a worker's store failure alike)."""
+    return lost >= max_attempts
 
 
 class Role(StrEnum):
@@ -71,6 +101,18 @@ def _finish(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | N
     return _fenced(old, new, actor) or _same(old, new, "lost", "cpu_ok")
 
 
+def _fail(old: JobState, new: JobState, actor: Actor, budget: Budget) -> str | None:
+    """A worker's failure keeps the budget, or spends the last claim (its store
+    failed on the last attempt the budget allows: `give_back`)."""
+    rule = _fenced(old, new, actor) or _same(old, new, "cpu_ok")
+    if rule is None and new.lost == old.lost + 1:
+        if not budget_spent(new.lost, max_attempts := budget()):
+            rule = f"budget not spent ({new.lost} of {max_attempts}): release to pending"
+    elif rule is None and new.lost != old.lost:
+        rule = f"a failure keeps the budget or spends one claim (lost {old.lost} -> {new.lost})"
+    return rule
+
+
 def _release(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
     rule = _fenced(old, new, actor) or _same(old, new, "cpu_ok")
     if rule is None and new.lost not in (old.lost, old.lost + 1):
@@ -82,7 +124,7 @@ def _sweep_pending(old: JobState, new: JobState, _actor: Actor, budget: Budget) 
     rule = _same(old, new, "attempt", "cpu_ok")
     if rule is None and new.lost != old.lost + 1:
         rule = f"a sweep spends one claim (lost {old.lost} -> {old.lost + 1}, not {new.lost})"
-    if rule is None and new.lost >= (max_attempts := budget()):
+    if rule is None and budget_spent(new.lost, max_attempts := budget()):
         rule = f"budget spent ({new.lost} of {max_attempts} claims lost): sweep to failed"
     return rule
 
@@ -91,7 +133,7 @@ def _sweep_failed(old: JobState, new: JobState, _actor: Actor, budget: Budget) -
     rule = _same(old, new, "attempt", "cpu_ok")
     if rule is None and new.lost != old.lost + 1:
         rule = f"a sweep spends one claim (lost {old.lost} -> {old.lost + 1}, not {new.lost})"
-    if rule is None and new.lost < (max_attempts := budget()):
+    if rule is None and not budget_spent(new.lost, max_attempts := budget()):
         rule = f"budget not spent ({new.lost} of {max_attempts}): sweep to pending"
     return rule
 
@@ -121,8 +163,8 @@ TABLE: dict[tuple[Status, Status], list[tuple[Role, Check, str]]] = {
     (P, C): [(W, _claim, "claim")],
     (C, R): [(W, _start, "start")],
     (R, DONE): [(W, _finish, "complete")],
-    (C, FAIL): [(W, _finish, "fail"), (REC, _sweep_failed, "sweep")],
-    (R, FAIL): [(W, _finish, "fail"), (REC, _sweep_failed, "sweep")],
+    (C, FAIL): [(W, _fail, "fail"), (REC, _sweep_failed, "sweep")],
+    (R, FAIL): [(W, _fail, "fail"), (REC, _sweep_failed, "sweep")],
     (C, P): [(W, _release, "release"), (REC, _sweep_pending, "sweep")],
     (R, P): [(W, _release, "release"), (REC, _sweep_pending, "sweep")],
     (P, CANC): [(OP, _cancel, "cancel"), (REC, _cancel, "cancel")],
@@ -205,3 +247,107 @@ def _deny(old: JobState | None, rule: str, actor: Actor, label: str) -> None:
         f"{label} by {actor} refused: {rule}",
         job_id=old.job_id, attempt=old.attempt, holder=old.holder, label=label,
     )
+
+
+# ------------------------------------------------------------------- moves
+
+
+@dataclass(frozen=True)
+class Step:
+    """One move of one job: the state before (None for a new job), the state
+    after, and what it means. The trailer label is derived, never typed."""
+
+    old: JobState | None
+    new: JobState
+    move: Move
+
+    @property
+    def label(self) -> str:
+        return label_of(self.old, self.new)
+
+    @property
+    def change(self) -> trailers.Change:
+        return trailers.Change(self.new.job_id, self.new.name, self.new.attempt, self.label,
+                               self.move.value)
+
+
+def label_of(old: JobState | None, new: JobState) -> str:
+    """The Ledger-Transition value of a change: "running->pending", "new->pending"."""
+    return f"{old.status.value if old else 'new'}->{new.status.value}"
+
+
+def create(job_id: str, name: str) -> Step:
+    return Step(None, JobState(job_id=job_id, name=name, status=Status.PENDING), Move.CREATE)
+
+
+def claim(state: JobState, worker: str) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.CLAIMED, "attempt": state.attempt + 1, "holder": worker,
+        "last_error": None}), Move.CLAIM)
+
+
+def start(state: JobState) -> Step:
+    return Step(state, state.model_copy(update={"status": Status.RUNNING}), Move.START)
+
+
+def complete(state: JobState, artifact: Artifact) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.COMPLETED, "holder": None, "artifact": artifact, "last_error": None}),
+        Move.COMPLETE)
+
+
+def fail(state: JobState, error: str) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.FAILED, "holder": None, "last_error": error}), Move.FAIL)
+
+
+def release(state: JobState, why: str, *, spend: bool = False) -> Step:
+    """The worker gives the job back: uncounted (shutdown, self-fence) or
+    spending one claim."""
+    return Step(state, state.model_copy(update={
+        "status": Status.PENDING, "holder": None, "lost": state.lost + (1 if spend else 0),
+        "last_error": why}), Move.RELEASE)
+
+
+def give_back(state: JobState, error: str, max_attempts: int) -> Step:
+    """A held job the worker could not finish for a reason outside the trainer
+    (its store failed): one claim spent, as a sweep spends one; a release while
+    budget is left, a failure once it is spent (the same `budget_spent` rule)."""
+    lost = state.lost + 1
+    if budget_spent(lost, max_attempts):
+        return Step(state, state.model_copy(update={
+            "status": Status.FAILED, "holder": None, "lost": lost, "last_error": error}),
+            Move.FAIL)
+    return release(state, error, spend=True)
+
+
+def sweep(state: JobState, max_attempts: int, reason: str) -> Step:
+    lost = state.lost + 1
+    status = Status.FAILED if budget_spent(lost, max_attempts) else Status.PENDING
+    return Step(state, state.model_copy(update={
+        "status": status, "holder": None, "lost": lost, "last_error": reason}), Move.SWEEP)
+
+
+def cancel(state: JobState, reason: str) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.CANCELLED, "holder": None, "last_error": reason}), Move.CANCEL)
+
+
+def requeue(state: JobState) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.PENDING, "holder": None, "lost": 0, "artifact": None,
+        "last_error": None}), Move.REQUEUE)
+
+
+def open_to_cpu(state: JobState) -> Step:
+    return Step(state, state.model_copy(update={"cpu_ok": True}), Move.OPEN)
+
+
+def rename(state: JobState, name: str) -> Step:
+    return Step(state, state.model_copy(update={"name": name}), Move.RENAME)
+
+
+def restore(illegal: JobState, legal: JobState) -> Step:
+    """Back to the last legal state: not a transition of the table (the commit
+    carries `Ledger-Kind: restore` instead, see trailers.py)."""
+    return Step(illegal, legal, Move.RESTORE)

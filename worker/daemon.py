@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import trailers
+from reconciler import transitions
 from reconciler.eligibility import EligibleJobs, choose_device, reasons
 from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
 from reconciler.identity import JobSpec
+from reconciler.lease import Lease
 from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
 from reconciler.manifest import LoadedManifest
 from reconciler.schema import HELD, Artifact, Capability, JobState, Status
@@ -34,6 +35,7 @@ from worker.runner import Outcome, TrainerRun
 
 log = logging.getLogger("trainledger.worker")
 MAX_ERROR = 8000
+Move = Callable[[JobState], transitions.Step]  # a fenced write's move, given the current state
 
 
 @dataclass
@@ -141,24 +143,23 @@ class Worker:
     def _fleet(self):
         return self.manifest.fleet if self.manifest else None
 
+    def _lease(self) -> Lease:
+        """Every deadline of this worker, from the manifest in force (lease.py)."""
+        return Lease.of(self._fleet())
+
     def _heartbeat_s(self) -> float:
-        fleet = self._fleet()
-        return fleet.heartbeat_s if fleet else 5.0
+        return self._lease().heartbeat_s
 
     def _tick_s(self) -> float:
-        return min(self.config.poll_s, self._heartbeat_s())
-
-    def _renew_deadline_s(self) -> float:
-        fleet = self._fleet()
-        return (fleet.stale_after_s if fleet else 600.0) * 2 / 3
+        return self._lease().worker_tick_s(self.config.poll_s)
 
     def _observe(self, snap: Snapshot) -> LoadedManifest | None:
         """Keep the last manifest that validated: a bad commit must not stop work."""
         if snap.manifest is not None:
             if snap.manifest is not self.manifest:  # the ledger caches it per blob id
-                fleet = snap.manifest.fleet
-                self.beater.ledger.push_timeout_s = min(60.0, max(2.0, fleet.stale_after_s / 3))
-                self.ledger.push_timeout_s = min(60.0, max(5.0, fleet.stale_after_s))
+                lease = Lease.of(snap.manifest.fleet)
+                self.beater.ledger.push_timeout_s = lease.beat_push_timeout_s
+                self.ledger.push_timeout_s = lease.write_push_timeout_s
             self.manifest = snap.manifest
         return self.manifest
 
@@ -179,7 +180,7 @@ class Worker:
             free = min(free, self.config.max_jobs - self.claimed_total)
         if free <= 0 or self.stopping.is_set():
             return False
-        chosen: list[tuple[JobSpec, JobState]] = []
+        chosen: list[tuple[JobSpec, transitions.Step]] = []
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
@@ -187,26 +188,20 @@ class Worker:
             if loaded is None:
                 return None
             for spec in self._eligible(loaded, snap).pick(free, self.rng, skip=self.runs):
-                old = snap.states[spec.job_id]
-                chosen.append((spec, old.model_copy(update={
-                    "status": Status.CLAIMED, "attempt": old.attempt + 1, "holder": self.name,
-                    "last_error": None})))
+                chosen.append((spec, transitions.claim(snap.states[spec.job_id], self.name)))
             if not chosen:
                 return None
-            return Proposal.of_states(
-                [s for _, s in chosen],
-                [trailers.Change(s.job_id, s.name, s.attempt, "pending->claimed", "claim")
-                 for _, s in chosen])
+            return Proposal.of_steps([step for _, step in chosen])
 
         outcome = self._write(build, "claim")
         if outcome is None or outcome.commit is None:
             return outcome is not None
-        for spec, state in chosen:
-            event("claim", job=spec.name, attempt=state.attempt, worker=self.name,
+        for spec, step in chosen:
+            event("claim", job=spec.name, attempt=step.new.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
             self.claimed_total += 1
-            self._start(spec, state.attempt)
-        self._commit_start([(s.job_id, st.attempt) for s, st in chosen])
+            self._start(spec, step.new.attempt)
+        self._commit_start([(s.job_id, step.new.attempt) for s, step in chosen])
         self.beater.poke()
         return False
 
@@ -237,7 +232,7 @@ class Worker:
 
     def _write(self, build: Callable[[Snapshot], Proposal | None], what: str):
         try:
-            outcome = self.ledger.write(build, deadline_s=max(30.0, self._renew_deadline_s()))
+            outcome = self.ledger.write(build, deadline_s=self._lease().write_deadline_s)
         except LostRace as exc:
             event(f"{what}-gave-up", worker=self.name, lost_races=exc.lost_races)
             return None
@@ -276,8 +271,7 @@ class Worker:
     def _commit_start(self, keys: list[tuple[str, int]]) -> None:
         keys = [(j, a) for j, a in keys if j in self.runs]
         written = self._fenced(
-            {j: (a, Status.CLAIMED, lambda s: s.model_copy(update={"status": Status.RUNNING}),
-                 "claimed->running", "start") for j, a in keys})
+            {j: (a, Status.CLAIMED, transitions.start) for j, a in keys})
         for job_id, attempt in keys:
             if job_id not in written and job_id in self.runs:
                 self._on_revoked(job_id, attempt, "lost before it started")
@@ -300,7 +294,7 @@ class Worker:
                 event("revoked", job=run.spec.name, attempt=attempt, reason=repr(why))
                 run.stop(why, grace_s=self.config.stop_grace_s)
                 self._forget(run)
-        if self.runs and self.clock() - self.beater.last_ok > self._renew_deadline_s():
+        if self.runs and self._lease().lease_lost(self.clock() - self.beater.last_ok):
             silent = self.clock() - self.beater.last_ok
             for run in list(self.runs.values()):
                 event("self-fence", job=run.spec.name, attempt=run.attempt,
@@ -340,10 +334,7 @@ class Worker:
             self._store_failed(run, exc)
             return
         written = self._fenced({run.spec.job_id: (
-            run.attempt, Status.RUNNING,
-            lambda s: s.model_copy(update={"status": Status.COMPLETED, "holder": None,
-                                           "artifact": artifact, "last_error": None}),
-            "running->completed", "complete")})
+            run.attempt, Status.RUNNING, lambda s: transitions.complete(s, artifact))})
         if run.spec.job_id in written:
             event("complete", job=run.spec.name, attempt=run.attempt, sha256=artifact.sha256,
                   size=artifact.size)
@@ -364,28 +355,18 @@ class Worker:
         raise AssertionError("unreachable")
 
     def _store_failed(self, run: TrainerRun, exc: StoreError) -> None:
-        """The outputs could not be stored: give the job back, spending budget,
-        so a full store cannot loop forever."""
-        fleet = self._fleet()
-        max_attempts = fleet.max_attempts if fleet else 3
-
-        def give_back(s: JobState) -> JobState:
-            error = f"store failed on {self.name}: {exc}"[:MAX_ERROR]
-            if s.lost + 1 >= max_attempts:
-                return s.model_copy(update={"status": Status.FAILED, "holder": None,
-                                            "last_error": error})
-            return s.model_copy(update={"status": Status.PENDING, "holder": None,
-                                        "lost": s.lost + 1, "last_error": error})
-        self._fenced({run.spec.job_id: (run.attempt, Status.RUNNING, give_back,
-                                        "running->pending", "release")})
+        """The outputs could not be stored: give the job back spending one claim,
+        failed once the budget is spent (the sweep's rule), so a full store
+        cannot loop forever."""
+        max_attempts = self._lease().max_attempts
+        error = f"store failed on {self.name}: {exc}"[:MAX_ERROR]
+        self._fenced({run.spec.job_id: (
+            run.attempt, Status.RUNNING, lambda s: transitions.give_back(s, error, max_attempts))})
         self._forget(run)
 
     def _finish_failed(self, run: TrainerRun, error: str) -> None:
         written = self._fenced({run.spec.job_id: (
-            run.attempt, None,
-            lambda s: s.model_copy(update={"status": Status.FAILED, "holder": None,
-                                           "last_error": error[-MAX_ERROR:]}),
-            None, "fail")})
+            run.attempt, None, lambda s: transitions.fail(s, error[-MAX_ERROR:]))})
         if run.spec.job_id in written:
             event("fail", job=run.spec.name, attempt=run.attempt)
         self._forget(run)
@@ -393,10 +374,7 @@ class Worker:
     def _release(self, jobs: dict[str, tuple[int, str]], count: bool) -> None:
         self._fenced({
             job_id: (attempt, None,
-                     lambda s, why=why: s.model_copy(update={
-                         "status": Status.PENDING, "holder": None,
-                         "lost": s.lost + (1 if count else 0), "last_error": why}),
-                     None, "release")
+                     lambda s, why=why: transitions.release(s, why, spend=count))
             for job_id, (attempt, why) in jobs.items()})
 
     def _forget(self, run: TrainerRun) -> None:
@@ -406,8 +384,8 @@ class Worker:
 
     # ---------------------------------------------------------- fenced writes
 
-    def _fenced(self, updates: dict[str, tuple]) -> set[str]:
-        """Write `make(state)` for each job still held by us at that attempt (and,
+    def _fenced(self, updates: dict[str, tuple[int, Status | None, Move]]) -> set[str]:
+        """Write the move `make(state)` for each job still held by us at that attempt (and,
         if given, in that status); returns the jobs written. Retried (lost races,
         outages) for as long as our lease lives: once the heartbeat has been
         failing past the renew deadline, or the job was revoked, the reconciler
@@ -416,26 +394,22 @@ class Worker:
 
         def build(snap: Snapshot) -> Proposal | None:
             written.clear()
-            states, changes = [], []
-            for job_id, (attempt, status, make, label, meaning) in updates.items():
+            steps = []
+            for job_id, (attempt, status, make) in updates.items():
                 cur = snap.states.get(job_id)
                 if (cur is None or cur.holder != self.name or cur.attempt != attempt
                         or cur.status not in HELD or (status and cur.status is not status)):
                     continue
-                new = make(cur)
-                states.append(new)
-                changes.append(trailers.Change(
-                    job_id, new.name, attempt,
-                    label or f"{cur.status.value}->{new.status.value}", meaning))
+                steps.append(make(cur))
                 written.add(job_id)
-            return Proposal.of_states(states, changes) if states else None
+            return Proposal.of_steps(steps) if steps else None
 
         tries = 0
         while True:
             outcome = self._write(build, "record")
             if outcome is not None:
                 return written if outcome.commit else set()
-            lease_lost = self.clock() - self.beater.last_ok > self._renew_deadline_s()
+            lease_lost = self._lease().lease_lost(self.clock() - self.beater.last_ok)
             with self._lock:
                 revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
             if lease_lost or revoked or self._signals > 1:
