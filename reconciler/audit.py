@@ -21,9 +21,11 @@ Changes = Mapping[str, tuple[JobState | None, JobState]]
 
 
 def is_restore(message: str) -> bool:
-    """The reconciler's undo of an illegal commit: `Ledger-Kind: restore`, or on
-    ledgers written before that trailer existed, a subject "restore ..."."""
-    return trailers.kind_of(message) == trailers.RESTORE or message.startswith("restore ")
+    """The reconciler's undo of an illegal commit: `Ledger-Kind: restore`. Every
+    commit trainledger writes has a Ledger-Kind; only one without any (history
+    written before the trailer existed) is still known by its subject."""
+    kind = trailers.kind_of(message)
+    return kind == trailers.RESTORE if kind else message.startswith("restore ")
 
 
 def trail_mismatches(commit: str, message: str, changes: Changes) -> list[str]:

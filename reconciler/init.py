@@ -94,8 +94,8 @@ def init_ledger(
         changes.append(step.change)
     tree = repo.edit_tree(None, files)
     message = trailers.render(
-        f"init ledger {loaded.manifest.name} with {len(changes)} jobs", changes, "reconciler"
-    )
+        f"init ledger {loaded.manifest.name} with {len(changes)} jobs", changes, "reconciler",
+        kind=trailers.INIT)
     sha = repo.write_commit(tree, [], Signature("reconciler", "reconciler@trainledger",
                                                 time.time()), message)
     repo.update_ref("refs/heads/main", sha)

@@ -349,7 +349,7 @@ class Ledger:
         tree = self.repo.edit_tree(base_tree, proposal.files)
         subject = proposal.subject or trailers.subject_for(proposal.changes, self.identity)
         message = trailers.render(subject, proposal.changes, self.identity, proposal.body,
-                                  proposal.kind)
+                                  proposal.kind or trailers.MOVES)
         return self.repo.write_commit(tree, [base] if base else [], self.signature(), message)
 
     def push(self, sha: str, ref: str = MAIN, *, lease: str | None = None) -> PushResult:

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 JOB, ATTEMPT, TRANSITION, ACTOR, KIND = (
     "Ledger-Job", "Ledger-Attempt", "Ledger-Transition", "Ledger-Actor", "Ledger-Kind",
 )
-RESTORE = "restore"  # Ledger-Kind of the reconciler's undo of an illegal commit
+# Ledger-Kind values: every commit trainledger writes says which it is
+MOVES = "moves"  # moves of the state machine (and operator-file edits)
+RESTORE = "restore"  # the reconciler's undo of an illegal commit
+INIT = "init"  # `reconciler init`'s first commit
 _CANONICAL = {k.lower(): k for k in (JOB, ATTEMPT, TRANSITION, ACTOR, KIND)}
 # git's trailer line: a token of alphanumerics and dashes, optional blanks, the separator
 _TRAILER = re.compile(r"^([A-Za-z0-9-]+)[ \t]*:[ \t]*(.*)$")
