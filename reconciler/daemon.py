@@ -30,6 +30,7 @@ from reconciler.ledger import Ledger, Snapshot
 from reconciler.manifest import LoadedManifest, load_manifest
 from reconciler.observe import live_workers, observe
 from reconciler.plan import Action, Observations, View, next_due, orphans, plan
+from reconciler.port import LedgerPort
 from reconciler.recheck import Rechecker
 from reconciler.schema import Heartbeat
 from reconciler.sdnotify import notify, watchdog_interval_s
@@ -88,14 +89,21 @@ def recheck_needed(url: str) -> bool:
 class Reconciler:
     """One ledger's reconciler: passes, its report and its heartbeat."""
 
-    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ledger: LedgerPort, clock: Callable[[], float] = time.monotonic,
+                 recheck: Any = "auto") -> None:
+        """`ledger` is the git Ledger or any LedgerPort (reconciler/memory.py);
+        `recheck` an object with `check(tip) -> [Finding]`, None for none, or
+        "auto": the git re-check wherever no hook of ours judged the pushes."""
         self.ledger = ledger
         self.clock = clock
         self.obs = Observations(started_at=clock())
         self.manifest: LoadedManifest | None = None
         self.report = Report()
-        self.recheck = Rechecker(ledger.repo) \
-            if recheck_needed(ledger.url) else None
+        if recheck == "auto":
+            repo = getattr(ledger, "repo", None)  # the git Ledger's cache
+            recheck = Rechecker(repo) if repo is not None and recheck_needed(ledger.url) \
+                else None
+        self.recheck = recheck
         self.restores: dict[str, tuple[JobState, JobState, str]] = {}
         self.due_at: float | None = None  # next time rule deadline, on our clock
         self.seq = 0
@@ -165,23 +173,16 @@ class Reconciler:
         if self.report.manifest_error != snap.manifest_error:
             log.warning("event=manifest-error %s", (snap.manifest_error or "").splitlines()[0])
         self.report.manifest_error = snap.manifest_error
-        self.report.manifest_error_commit = self._last_commit_touching("manifest.toml",
-                                                                       snap.revision)
+        self.report.manifest_error_commit = self.ledger.last_commit_touching("manifest.toml",
+                                                                             snap.revision)
         if self.manifest is None:
             self.manifest, self.report.applied_revision = \
                 self._last_valid_manifest(snap.revision)
         return self.manifest
 
-    def _last_commit_touching(self, path: str, rev: str) -> str | None:
-        proc = self.ledger.repo.git("log", "-1", "--format=%H", rev, "--", path, check=False)
-        return proc.stdout.decode().strip() or None
-
     def _last_valid_manifest(self, rev: str) -> tuple[LoadedManifest | None, str | None]:
         """After a restart on a broken tip: the newest valid manifest in history."""
-        proc = self.ledger.repo.git("log", "--format=%H", "-n", "50", rev, "--",
-                                    "manifest.toml", check=False)
-        for commit in proc.stdout.decode().split():
-            data = self.ledger.repo.git("show", f"{commit}:manifest.toml", check=False).stdout
+        for commit, data in self.ledger.manifest_history(rev, 50):
             try:
                 return load_manifest(data), commit
             except ManifestError:
@@ -219,7 +220,7 @@ class Reconciler:
         if path is not None:
             subprocess.run(["git", "-C", str(path), "gc", "--auto", "--quiet"],
                            capture_output=True, timeout=600, check=False)
-        self.ledger.repo.git("gc", "--auto", "--quiet", check=False, timeout=600)
+        self.ledger.gc()
 
     def wait_s(self, tick_s: float | None = None) -> float:
         """Until the next pass: the tick (at most heartbeat_s, so a new beat is
@@ -294,9 +295,12 @@ def watch_refs(path: Path, dirty: Dirty) -> Any:
 
 
 def run(reconciler: Reconciler, *, once: bool = False, tick_s: float | None = None,
-        stop: threading.Event | None = None, dirty: Dirty | None = None) -> int:
+        stop: threading.Event | None = None, dirty: Dirty | None = None,
+        wait: Callable[[float], object] | None = None) -> int:
     """Pass, beat, sleep until dirty or due; until `stop` is set. Errors back off
-    (doubling, up to a minute) and are reported; they never end the loop."""
+    (doubling, up to a minute) and are reported; they never end the loop.
+    `wait(seconds)` sleeps between passes (default: until dirty, pinging the
+    watchdog); a test passes one that advances its fake clock."""
     stop = stop or threading.Event()
     dirty = dirty or Dirty()
     path = None if once else local_path(reconciler.ledger.url)
@@ -323,8 +327,11 @@ def run(reconciler: Reconciler, *, once: bool = False, tick_s: float | None = No
             if once or stop.is_set():
                 break
             reconciler.housekeeping()
-            wait = reconciler.wait_s(tick_s)
-            dirty.wait(min(wait * 2 ** min(failures, 9), 60.0), watchdog_interval_s())
+            pause = min(reconciler.wait_s(tick_s) * 2 ** min(failures, 9), 60.0)
+            if wait is not None:
+                wait(pause)
+            else:
+                dirty.wait(pause, watchdog_interval_s())
     finally:
         notify("STOPPING=1")
         if observer is not None:

@@ -17,7 +17,7 @@ import os
 import pickle
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -493,6 +493,22 @@ class Ledger:
         if result.status is PushStatus.REJECTED:
             raise PushRejected(f"heartbeat refused: {result.message}", reason=result.message)
         raise GitError(f"heartbeat push failed ({result.status.value}): {result.message}")
+
+    # ------------------------------------------------- manifest history, upkeep
+
+    def last_commit_touching(self, path: str, rev: str) -> str | None:
+        proc = self.repo.git("log", "-1", "--format=%H", rev, "--", path, check=False)
+        return proc.stdout.decode().strip() or None
+
+    def manifest_history(self, rev: str, limit: int = 50) -> Iterator[tuple[str, bytes]]:
+        """(commit, manifest.toml) of the commits that changed it, newest first."""
+        proc = self.repo.git("log", "--format=%H", "-n", str(limit), rev, "--",
+                             "manifest.toml", check=False)
+        for commit in proc.stdout.decode().split():
+            yield commit, self.repo.git("show", f"{commit}:manifest.toml", check=False).stdout
+
+    def gc(self) -> None:
+        self.repo.git("gc", "--auto", "--quiet", check=False, timeout=600)
 
     def _remote_ref(self, ref: str) -> str | None:
         proc = self.repo.git("ls-remote", self.url, ref, timeout=self.push_timeout_s)

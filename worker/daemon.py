@@ -25,8 +25,9 @@ from reconciler.eligibility import EligibleJobs, choose_device, reasons
 from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
 from reconciler.identity import JobSpec
 from reconciler.lease import Lease
-from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
+from reconciler.ledger import Proposal, Snapshot, compute_backoff
 from reconciler.manifest import LoadedManifest
+from reconciler.port import LedgerPort
 from reconciler.schema import HELD, Artifact, Capability, JobState, Status
 from reconciler.sdnotify import notify
 from reconciler.store import Store, pack_into
@@ -55,10 +56,16 @@ def event(kind: str, **fields: object) -> None:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, ledger: Ledger, beat_ledger: Ledger,
+    """`ledger` and `beat_ledger` are LedgerPorts (the git Ledger, or
+    reconciler/memory.py's); `clock`, `sleep` and `runner` (TrainerRun's shape)
+    let a test drive `step()` on fake time with fake trainers."""
+
+    def __init__(self, config: WorkerConfig, ledger: LedgerPort, beat_ledger: LedgerPort,
                  store: Callable[[LoadedManifest], Store], capability: Capability,
                  rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 runner: Callable[..., TrainerRun] = TrainerRun) -> None:
         self.config = config
         self.name = config.name
         self.ledger = ledger
@@ -67,6 +74,8 @@ class Worker:
         self._store: Store | None = None
         self.rng = rng or random.Random()
         self.clock = clock
+        self.sleep = sleep
+        self._runner = runner
         self.runs: dict[str, TrainerRun] = {}
         self.manifest: LoadedManifest | None = None
         self.claimed_total = 0
@@ -107,20 +116,26 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 notify("WATCHDOG=1")
-                self._reap()
-                self._enforce_revocations()
-                idle = self._maybe_claim()
-                if idle and not self.runs and self.config.exit_when_idle:
-                    event("idle-exit", worker=self.name)
-                    break
-                if (self.config.max_jobs is not None and not self.runs
-                        and self.claimed_total >= self.config.max_jobs):
+                if self.step():
                     break
                 self.exited.wait(self.config.poll_s if not self.runs else self._tick_s())
                 self.exited.clear()
         finally:
             self.teardown()
         return 0
+
+    def step(self) -> bool:
+        """One turn of the loop: record finished trainers, stop revoked ones,
+        claim into free slots. True when the worker should exit (idle with
+        --exit-when-idle, or --max-jobs claimed and done)."""
+        self._reap()
+        self._enforce_revocations()
+        idle = self._maybe_claim()
+        if idle and not self.runs and self.config.exit_when_idle:
+            event("idle-exit", worker=self.name)
+            return True
+        return (self.config.max_jobs is not None and not self.runs
+                and self.claimed_total >= self.config.max_jobs)
 
     def teardown(self) -> None:
         """Stop trainers, release held jobs (not counted against the budget), last beat."""
@@ -255,8 +270,8 @@ class Worker:
         if attempt_dir.exists():
             shutil.rmtree(attempt_dir)
         log_path = self.config.state_dir / "logs" / f"{spec.name}-{spec.job_id}-{attempt}.log"
-        run = TrainerRun(spec, attempt, attempt_dir, log_path,
-                         choose_device(spec, self.capability), self.exited)
+        run = self._runner(spec, attempt, attempt_dir, log_path,
+                           choose_device(spec, self.capability), self.exited)
         try:
             run.start(self.clock())
         except OSError as exc:
@@ -351,7 +366,7 @@ class Worker:
                 event("store-failed", job=run.spec.name, attempt=run.attempt, error=repr(str(exc)))
                 if attempt == tries - 1:
                     raise
-                time.sleep(compute_backoff(attempt + 2, rng=self.rng))
+                self.sleep(compute_backoff(attempt + 2, rng=self.rng))
         raise AssertionError("unreachable")
 
     def _store_failed(self, run: TrainerRun, exc: StoreError) -> None:
@@ -414,5 +429,5 @@ class Worker:
                 revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
             if lease_lost or revoked or self._signals > 1:
                 return set()
-            time.sleep(compute_backoff(tries + 3, rng=self.rng))
+            self.sleep(compute_backoff(tries + 3, rng=self.rng))
             tries += 1
