@@ -128,7 +128,8 @@ class Worker:
         """One turn of the loop: record finished trainers, stop revoked ones,
         claim into free slots. True when the worker should exit (idle with
         --exit-when-idle, or --max-jobs claimed and done)."""
-        self._reap()
+        if self._reap():
+            self._yield_to_rivals()
         self._enforce_revocations()
         idle = self._maybe_claim()
         if idle and not self.runs and self.config.exit_when_idle:
@@ -320,12 +321,28 @@ class Worker:
                               count=False)
                 self._forget(run)
 
-    def _reap(self) -> None:
+    def _reap(self) -> int:
+        """Record every trainer that exited; how many."""
+        done = 0
         for run in list(self.runs.values()):
             outcome = run.poll(self.clock())
             if outcome.returncode is None:
                 continue
             self._record(run, outcome)
+            done += 1
+        return done
+
+    def _yield_to_rivals(self) -> None:
+        """Before claiming again after a result, pause a random fraction of two
+        pushes. Every write is a compare-and-swap on main, so a worker that
+        claims, starts and completes back to back keeps main moving; a rival
+        whose push is slower (a loaded host) then loses every race and backs
+        off ever longer while this one takes every job (seen: one of two
+        workers claimed all 20). The pause gives it a window; on a quiet
+        ledger a push costs ~0.05 s, so the pause is a fraction of that."""
+        cost = getattr(self.ledger, "push_cost_s", 0.0)
+        if cost > 0:
+            self.sleep(self.rng.uniform(0, 2 * cost))
 
     def _record(self, run: TrainerRun, outcome: Outcome) -> None:
         name, attempt = run.spec.name, run.attempt
