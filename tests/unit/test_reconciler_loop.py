@@ -143,3 +143,27 @@ def test_the_tick_comes_from_the_lease_policy(fleet: dict) -> None:
     rec = Reconciler(mem.port("reconciler"), clock=clock, recheck=None)
     rec.pass_once()
     assert rec.wait_s() == Lease.of(rec.manifest.fleet).tick_s
+
+
+@pytest.mark.parametrize("skew_s", [3600.0, -3600.0])
+def test_a_skewed_workers_beats_move_no_deadline(skew_s: float) -> None:
+    """The reconciler judges on its own clock: a worker whose clock (its beats'
+    sent_at and commit dates) is an hour off is swept exactly stale_after_s after
+    its last beat was first seen, as an unskewed one is."""
+    from reconciler.schema import Heartbeat, HeldJob
+
+    clock = FakeClock()
+    mem = memory_ledger(clock, [{"name": "a", "seed": 1}], heartbeat_s=7, stale_after_s=60)
+    skewed = mem.port("w1")
+    skewed.clock = lambda: clock() + skew_s
+    claim(mem, "a")
+    job = next(iter(mem.states().values())).job_id
+    rec = Reconciler(mem.port("reconciler"), clock=clock, recheck=None)
+    rec.pass_once()
+    skewed.push_heartbeat(Heartbeat(worker="w1", seq=1, sent_at=skewed.clock(), slots=1,
+                                    jobs=[HeldJob(job_id=job, attempt=1)]))
+    beat_at = clock()
+    rec.pass_once()  # first sight of the beat, at once
+    drive(rec, clock, until=beat_at + 80)
+    (swept_at,) = landed(mem, "sweep")
+    assert 60 <= swept_at - beat_at <= 60.02
