@@ -21,6 +21,7 @@ from reconciler import trailers, transitions
 from reconciler.access import DEFAULT_ACCESS, load_access
 from reconciler.errors import LedgerError
 from reconciler.gitrepo import GitRepo, Signature
+from reconciler.layout import MAIN
 from reconciler.manifest import load_manifest
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def init_ledger(
         kind=trailers.INIT)
     sha = repo.write_commit(tree, [], Signature("reconciler", "reconciler@trainledger",
                                                 time.time()), message)
-    repo.update_ref("refs/heads/main", sha)
+    repo.update_ref(MAIN, sha)
     install_hooks(directory)
     store.mkdir(parents=True, exist_ok=True)
     (store / "sha256").mkdir(exist_ok=True)
