@@ -9,6 +9,7 @@ policy before any manifest was read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from reconciler.schema import Fleet
 
@@ -27,7 +28,7 @@ class Lease:
 
     @classmethod
     def of(cls, fleet: Fleet | None) -> Lease:
-        fleet = fleet if fleet is not None else Fleet()
+        fleet = fleet if fleet is not None else _schema_defaults()
         return cls(fleet.heartbeat_s, fleet.stale_after_s, fleet.max_attempts,
                    fleet.prefer_cuda_grace_s)
 
@@ -75,3 +76,8 @@ class Lease:
     def grace_due(self, pending_since: float) -> float:
         """When a prefer_cuda job pending since then opens to CPU workers."""
         return pending_since + self.prefer_cuda_grace_s
+
+
+@cache
+def _schema_defaults() -> Fleet:
+    return Fleet()

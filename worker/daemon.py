@@ -36,7 +36,7 @@ from worker.runner import Outcome, TrainerRun
 
 log = logging.getLogger("trainledger.worker")
 MAX_ERROR = 8000
-Move = Callable[[JobState], transitions.Step]  # a fenced write's move, given the current state
+MakeStep = Callable[[JobState], transitions.Step]  # a fenced write: the move, given the state
 
 
 @dataclass
@@ -176,6 +176,8 @@ class Worker:
                 lease = Lease.of(snap.manifest.fleet)
                 self.beater.ledger.push_timeout_s = lease.beat_push_timeout_s
                 self.ledger.push_timeout_s = lease.write_push_timeout_s
+                if self.manifest is None or self.manifest.fleet != snap.manifest.fleet:
+                    self.beater.poke()  # a beat now, then on the manifest's own cadence
             self.manifest = snap.manifest
         return self.manifest
 
@@ -416,7 +418,7 @@ class Worker:
 
     # ---------------------------------------------------------- fenced writes
 
-    def _fenced(self, updates: dict[str, tuple[int, Status | None, Move]]) -> set[str]:
+    def _fenced(self, updates: dict[str, tuple[int, Status | None, MakeStep]]) -> set[str]:
         """Write the move `make(state)` for each job still held by us at that attempt (and,
         if given, in that status); returns the jobs written. Retried (lost races,
         outages) for as long as our lease lives: once the heartbeat has been
