@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -30,7 +29,7 @@ from reconciler.ledger import HeartbeatRecord, Proposal, Snapshot, WriteOutcome
 from reconciler.manifest import LoadedManifest, load_manifest
 from reconciler.recheck import Finding
 from reconciler.schema import Heartbeat
-from reconciler.state import JobState
+from reconciler.state import JobState, parse_state
 from reconciler.transitions import Actor, Role, check_transition, create, label_of
 
 Changes = dict[str, tuple[JobState | None, JobState]]
@@ -169,7 +168,8 @@ class MemoryPort:
     def write(self, build: Callable[[Snapshot], Proposal | None], *, max_tries: int = 50,
               deadline_s: float = 120.0, sleep: Callable[[float], None] | None = None,
               ) -> WriteOutcome:
-        """Build on the tip, "push"; a lost race rebuilds on the new tip."""
+        """Build on the tip, "push"; a lost race rebuilds on the new tip at once
+        (no backoff: the test decides what lands in between)."""
         lost = 0
         for _ in range(max_tries):
             snap = self.snapshot(self.fetch())
@@ -195,7 +195,10 @@ class MemoryPort:
         changes: Changes = {}
         for path, data in proposal.files.items():
             job_id = path.rsplit("/", 1)[-1].removesuffix(".json")
-            changes[job_id] = (snap.states.get(job_id), JobState(**json.loads(data)))
+            new = parse_state(data, job_id)
+            if isinstance(new, str):
+                raise PushRejected(f"{self.url} refused the push: {new}", reason=new)
+            changes[job_id] = (snap.states.get(job_id), new)
         subject = proposal.subject or trailers.subject_for(proposal.changes, self.identity)
         message = trailers.render(subject, proposal.changes, self.identity, proposal.body,
                                   proposal.kind or trailers.MOVES)

@@ -150,3 +150,32 @@ def _broken_store(tmp: Path):
     path = tmp / "store-is-a-file"
     path.write_text("not a directory\n")
     return LocalStore(path)
+
+
+def test_a_failed_push_claims_nothing_and_the_next_turn_does(tmp_path: Path) -> None:
+    clock = FakeClock()
+    mem = memory_ledger(clock, JOBS[:1])
+    worker = fake_worker(mem, clock, tmp_path)
+    mem.fail_pushes(1)
+    worker.step()
+    assert FakeRun.runs == [] and by_name(mem, "a").status is Status.PENDING
+    assert worker._unreachable_since == clock()
+    worker.step()
+    assert [r.attempt for r in FakeRun.runs] == [1]
+    assert by_name(mem, "a").status is Status.RUNNING and worker._unreachable_since is None
+
+
+def test_the_hook_refuses_what_the_table_refuses(tmp_path: Path) -> None:
+    """The in-memory ledger judges writes as the pre-receive hook does."""
+    import pytest
+
+    from reconciler.errors import PushRejected
+
+    clock = FakeClock()
+    mem = memory_ledger(clock, JOBS[:1])
+    thief = mem.port("w2")
+    fake_worker(mem, clock, tmp_path).step()  # w1 holds attempt 1
+    with pytest.raises(PushRejected, match="held by w1"):
+        thief.write(lambda snap: Proposal.of_steps(
+            [transitions.start(by_name_in(snap, "a"))]))
+    assert mem.rejected and by_name(mem, "a").holder == "w1"
