@@ -341,10 +341,12 @@ class Worker:
         whose push is slower (a loaded host) then loses every race and backs
         off ever longer while this one takes every job (seen: one of two
         workers claimed all 20). The pause gives it a window; on a quiet
-        ledger a push costs ~0.05 s, so the pause is a fraction of that."""
+        ledger a push costs ~0.05 s, so the pause is a fraction of that. It
+        never exceeds a heartbeat, so supervision (reaping, revocations) is
+        never later than a beat would make it anyway."""
         cost = getattr(self.ledger, "push_cost_s", 0.0)
         if cost > 0:
-            self.sleep(self.rng.uniform(0, 2 * cost))
+            self.sleep(self.rng.uniform(0, min(2 * cost, self._heartbeat_s())))
 
     def _record(self, run: TrainerRun, outcome: Outcome) -> None:
         name, attempt = run.spec.name, run.attempt

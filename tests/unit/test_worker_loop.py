@@ -179,3 +179,19 @@ def test_the_hook_refuses_what_the_table_refuses(tmp_path: Path) -> None:
         thief.write(lambda snap: Proposal.of_steps(
             [transitions.start(by_name_in(snap, "a"))]))
     assert mem.rejected and by_name(mem, "a").holder == "w1"
+
+
+def test_after_a_result_the_worker_yields_before_claiming_again(tmp_path: Path) -> None:
+    """A random pause of up to two pushes (at most a heartbeat) between a result
+    and the next claim gives a slower rival a window on main."""
+    clock = FakeClock()
+    mem = memory_ledger(clock, JOBS, heartbeat_s=5)
+    worker = fake_worker(mem, clock, tmp_path)
+    worker.ledger.push_cost_s = 4.0  # a loaded ledger: pushes take 4 s
+    worker.step()
+    assert clock.slept == []  # no result yet, no pause
+    FakeRun.runs[-1].finish(0)
+    worker.step()
+    (pause,) = clock.slept
+    assert 0 <= pause <= 5.0  # min(2 x 4 s, heartbeat_s)
+    assert len(FakeRun.runs) == 2  # and then it claimed the other job
