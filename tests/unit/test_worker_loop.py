@@ -6,6 +6,7 @@ says."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from loopkit import FakeClock, FakeRun, fake_worker, memory_ledger
@@ -191,7 +192,8 @@ def test_after_a_result_the_worker_yields_before_claiming_again(tmp_path: Path) 
     worker.step()
     assert clock.slept == []  # no result yet, no pause
     FakeRun.runs[-1].finish(0)
+    worker.rng = random.Random(0)  # its first draw is 0.844...
     worker.step()
     (pause,) = clock.slept
-    assert 0 <= pause <= 5.0  # min(2 x 4 s, heartbeat_s)
+    assert pause == random.Random(0).uniform(0, 5.0)  # uniform(0, min(2 x 4 s, heartbeat_s))
     assert len(FakeRun.runs) == 2  # and then it claimed the other job
