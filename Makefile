@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo bench bench-quick soak schema clean
+.PHONY: venv test test-fast lint demo bench bench-quick soak schema clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trainledger needs Python >= 3.11 (set PYTHON=python3.11)")'
@@ -24,6 +24,12 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit and in-memory tiers: pure logic, real git only in tmp repos, the
+# worker and reconciler loops on fake time (reconciler/memory.py); no daemons,
+# no sshd, no sleeps. Under a minute on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import AccessDenied
-from reconciler.state import NAME_PATTERN
+from reconciler.layout import NAME_PATTERN
 from reconciler.transitions import Actor, Role
 
 NAME_RE = re.compile(NAME_PATTERN)

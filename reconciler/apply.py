@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from reconciler import trailers
 from reconciler.ledger import Ledger, Proposal, Snapshot
 from reconciler.plan import Action
+from reconciler.transitions import Move
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,11 @@ def proposal_of(actions: Sequence[Action]) -> Proposal | None:
     if not actions:
         return None
     body = "\n".join(f"{a.new.name}: {a.reason}" for a in actions if a.reason)
-    return Proposal.of_states([a.new for a in actions], [a.change for a in actions], body=body)
+    restore = all(a.meaning is Move.RESTORE for a in actions)
+    if not restore and any(a.meaning is Move.RESTORE for a in actions):
+        raise ValueError("a restore is committed alone: its Ledger-Kind covers the commit")
+    return Proposal.of_steps([a.step for a in actions], body=body,
+                             kind=trailers.RESTORE if restore else None)
 
 
 def apply(ledger: Ledger, decide: Callable[[Snapshot], Sequence[Action]]) -> Applied:

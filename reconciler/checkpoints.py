@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 
 from reconciler.gitrepo import GitRepo
-
-ZERO = "0" * 40
+from reconciler.layout import ZERO
 
 
 def recorded_checkpoints(repo: GitRepo, rev: str) -> set[str]:

@@ -21,18 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler import transitions
 from reconciler.apply import apply
 from reconciler.cli import add_ledger_arg, state_dir_default
 from reconciler.errors import LedgerError, ManifestError
+from reconciler.lease import Lease
 from reconciler.ledger import Ledger, Snapshot
 from reconciler.manifest import LoadedManifest, load_manifest
 from reconciler.observe import live_workers, observe
 from reconciler.plan import Action, Observations, View, next_due, orphans, plan
+from reconciler.port import LedgerPort
 from reconciler.recheck import Rechecker
 from reconciler.schema import Heartbeat
 from reconciler.sdnotify import notify, watchdog_interval_s
 from reconciler.sshconn import is_ssh
 from reconciler.state import JobState
+from reconciler.transitions import Move
 
 log = logging.getLogger("trainledger.reconciler")
 GC_EVERY_S = 600.0
@@ -85,14 +89,21 @@ def recheck_needed(url: str) -> bool:
 class Reconciler:
     """One ledger's reconciler: passes, its report and its heartbeat."""
 
-    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ledger: LedgerPort, clock: Callable[[], float] = time.monotonic,
+                 recheck: Any = "auto") -> None:
+        """`ledger` is the git Ledger or any LedgerPort (reconciler/memory.py);
+        `recheck` an object with `check(tip) -> [Finding]`, None for none, or
+        "auto": the git re-check wherever no hook of ours judged the pushes."""
         self.ledger = ledger
         self.clock = clock
         self.obs = Observations(started_at=clock())
         self.manifest: LoadedManifest | None = None
         self.report = Report()
-        self.recheck = Rechecker(ledger.repo) \
-            if recheck_needed(ledger.url) else None
+        if recheck == "auto":
+            repo = getattr(ledger, "repo", None)  # the git Ledger's cache
+            recheck = Rechecker(repo) if repo is not None and recheck_needed(ledger.url) \
+                else None
+        self.recheck = recheck
         self.restores: dict[str, tuple[JobState, JobState, str]] = {}
         self.due_at: float | None = None  # next time rule deadline, on our clock
         self.seq = 0
@@ -111,7 +122,7 @@ class Reconciler:
         self._recheck(tip)
         applied = apply(self.ledger, self._decide)
         for action in applied.actions:
-            if action.meaning == "restore":
+            if action.meaning is Move.RESTORE:
                 self.restores.pop(action.new.job_id, None)
             log.info("event=%s job=%s attempt=%s %s", action.meaning, action.new.name,
                      action.new.attempt, action.reason)
@@ -136,7 +147,7 @@ class Reconciler:
         view = View(loaded.specs, loaded.fleet, snap.states)
         due = next_due(view, self.obs, now)
         self.due_at = None if due is None else now + due
-        # Restores go alone: their commit subject is how the re-check knows them.
+        # Restores go alone: their commit's `Ledger-Kind: restore` covers every change.
         return self._restore_actions(snap) or plan(view, self.obs, now)
 
     def _recheck(self, tip: str) -> None:
@@ -155,7 +166,7 @@ class Reconciler:
             if snap.states.get(job_id) != illegal:
                 del self.restores[job_id]  # moved on since: report only
                 continue
-            actions.append(Action(illegal, legal, "restore",
+            actions.append(Action(transitions.restore(illegal, legal),
                                   f"restored the state before illegal commit {commit[:12]}"))
         return actions
 
@@ -171,23 +182,16 @@ class Reconciler:
         if self.report.manifest_error != snap.manifest_error:
             log.warning("event=manifest-error %s", (snap.manifest_error or "").splitlines()[0])
         self.report.manifest_error = snap.manifest_error
-        self.report.manifest_error_commit = self._last_commit_touching("manifest.toml",
-                                                                       snap.revision)
+        self.report.manifest_error_commit = self.ledger.last_commit_touching("manifest.toml",
+                                                                             snap.revision)
         if self.manifest is None:
             self.manifest, self.report.applied_revision = \
                 self._last_valid_manifest(snap.revision)
         return self.manifest
 
-    def _last_commit_touching(self, path: str, rev: str) -> str | None:
-        proc = self.ledger.repo.git("log", "-1", "--format=%H", rev, "--", path, check=False)
-        return proc.stdout.decode().strip() or None
-
     def _last_valid_manifest(self, rev: str) -> tuple[LoadedManifest | None, str | None]:
         """After a restart on a broken tip: the newest valid manifest in history."""
-        proc = self.ledger.repo.git("log", "--format=%H", "-n", "50", rev, "--",
-                                    "manifest.toml", check=False)
-        for commit in proc.stdout.decode().split():
-            data = self.ledger.repo.git("show", f"{commit}:manifest.toml", check=False).stdout
+        for commit, data in self.ledger.manifest_history(rev, 50):
             try:
                 return load_manifest(data), commit
             except ManifestError:
@@ -225,13 +229,12 @@ class Reconciler:
         if path is not None:
             subprocess.run(["git", "-C", str(path), "gc", "--auto", "--quiet"],
                            capture_output=True, timeout=600, check=False)
-        self.ledger.repo.git("gc", "--auto", "--quiet", check=False, timeout=600)
+        self.ledger.gc()
 
     def wait_s(self, tick_s: float | None = None) -> float:
         """Until the next pass: the tick (at most heartbeat_s, so a new beat is
         seen within one beat), or sooner when a sweep or grace falls due."""
-        fleet = self.manifest.fleet if self.manifest else None
-        tick = tick_s or (min(fleet.heartbeat_s, fleet.stale_after_s / 4) if fleet else 5.0)
+        tick = tick_s or Lease.of(self.manifest.fleet if self.manifest else None).tick_s
         if self.due_at is not None:
             tick = min(tick, self.due_at - self.clock() + 0.01)
         return max(MIN_WAIT_S, tick)
@@ -301,9 +304,12 @@ def watch_refs(path: Path, dirty: Dirty) -> Any:
 
 
 def run(reconciler: Reconciler, *, once: bool = False, tick_s: float | None = None,
-        stop: threading.Event | None = None, dirty: Dirty | None = None) -> int:
+        stop: threading.Event | None = None, dirty: Dirty | None = None,
+        wait: Callable[[float], object] | None = None) -> int:
     """Pass, beat, sleep until dirty or due; until `stop` is set. Errors back off
-    (doubling, up to a minute) and are reported; they never end the loop."""
+    (doubling, up to a minute) and are reported; they never end the loop.
+    `wait(seconds)` sleeps between passes (default: until dirty, pinging the
+    watchdog); a test passes one that advances its fake clock."""
     stop = stop or threading.Event()
     dirty = dirty or Dirty()
     path = None if once else local_path(reconciler.ledger.url)
@@ -330,8 +336,11 @@ def run(reconciler: Reconciler, *, once: bool = False, tick_s: float | None = No
             if once or stop.is_set():
                 break
             reconciler.housekeeping()
-            wait = reconciler.wait_s(tick_s)
-            dirty.wait(min(wait * 2 ** min(failures, 9), 60.0), watchdog_interval_s())
+            pause = min(reconciler.wait_s(tick_s) * 2 ** min(failures, 9), 60.0)
+            if wait is not None:
+                wait(pause)
+            else:
+                dirty.wait(pause, watchdog_interval_s())
     finally:
         notify("STOPPING=1")
         if observer is not None:

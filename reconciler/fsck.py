@@ -30,6 +30,7 @@ from reconciler import trailers
 from reconciler.checkpoints import recorded_checkpoints
 from reconciler.cli import add_ledger_arg, state_dir_default
 from reconciler.errors import LedgerError
+from reconciler.gitread import DIFF_TREE_ARGS, parse_commit, parse_diff_stream
 from reconciler.gitrepo import GitRepo
 from reconciler.ledger import CACHED_MAIN, Ledger
 from reconciler.recheck import Rechecker
@@ -227,36 +228,16 @@ def all_diffs(repo: GitRepo, rev: str) -> Iterator[tuple[str, list[Diff]]]:
     """(commit, its diff against its first parent), oldest first, from one
     `git diff-tree --stdin` (a process per commit took 20 ms each)."""
     commits = repo.git("rev-list", "--reverse", "--topo-order", rev, timeout=3600).stdout
-    raw = repo.git("diff-tree", "--stdin", "--always", "-r", "-z", "--root", "--no-renames",
-                   input=commits, timeout=3600).stdout.split(b"\0")
-    current: str | None = None
-    diffs: list[Diff] = []
-    i = 0
-    while i < len(raw):
-        token = raw[i].decode()
-        if token.startswith(":"):
-            old_mode, new_mode, old_sha, new_sha, _status = token[1:].split(" ")
-            diffs.append(Diff(old_mode, new_mode, old_sha, new_sha,
-                              raw[i + 1].decode("utf-8", "replace")))
-            i += 2
-            continue
-        if token:
-            if current is not None:
-                yield current, diffs
-            current, diffs = token, []
-        i += 1
-    if current is not None:
-        yield current, diffs
+    raw = repo.git(*DIFF_TREE_ARGS, "--stdin", "--always", "--root", input=commits,
+                   timeout=3600).stdout
+    yield from parse_diff_stream(raw)
 
 
 def _commit_of(repo: GitRepo, commit: str) -> tuple[str, list[str], str]:
     """Author name, parents and message, in one read."""
     found = repo.read_objects([commit])[commit]
-    header, _, message = (found[1] if found else b"").partition(b"\n\n")
-    lines = header.decode("utf-8", "replace").splitlines()
-    parents = [ln[7:] for ln in lines if ln.startswith("parent ")]
-    author = next((ln[7:] for ln in lines if ln.startswith("author ")), "")
-    return author.split(" <", 1)[0], parents, message.decode("utf-8", "replace")
+    parsed = parse_commit(found[1] if found else b"")
+    return parsed.author, parsed.parents, parsed.message
 
 
 def replay_history(repo: GitRepo, rev: str) -> dict[str, Any]:

@@ -12,11 +12,10 @@ import os
 import subprocess
 import sys
 
-ZERO = "0" * 40
-MAIN = "refs/heads/main"
-HEARTBEATS = "refs/heartbeats/"
+from reconciler.gitread import parse_commit
+from reconciler.layout import EMPTY_TREE, HEARTBEATS, MAIN, ZERO
+
 MAX_HEARTBEAT_BYTES = 64 * 1024
-EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 
 class Refusal(Exception):
@@ -49,8 +48,8 @@ def check_heartbeat(ref: str, old: str, new: str, pusher: str) -> None:
         raise Refusal(f"{ref}: {new[:12]} is not a commit")
     if len(proc.stdout) > MAX_HEARTBEAT_BYTES:
         raise Refusal(f"{ref}: heartbeat commit over {MAX_HEARTBEAT_BYTES} bytes")
-    header = proc.stdout.split(b"\n\n", 1)[0].split(b"\n")
-    if header[0] != f"tree {EMPTY_TREE}".encode() or any(h.startswith(b"parent ") for h in header):
+    commit = parse_commit(proc.stdout)
+    if commit.tree != EMPTY_TREE or commit.parents:
         raise Refusal(f"{ref}: a heartbeat is a parentless commit with the empty tree")
 
 

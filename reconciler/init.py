@@ -17,12 +17,12 @@ import time
 import tomllib
 from pathlib import Path
 
-from reconciler import trailers
+from reconciler import trailers, transitions
 from reconciler.access import DEFAULT_ACCESS, load_access
 from reconciler.errors import LedgerError
 from reconciler.gitrepo import GitRepo, Signature
+from reconciler.layout import MAIN
 from reconciler.manifest import load_manifest
-from reconciler.schema import JobState, Status
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = PACKAGE_ROOT / "ledger-template"
@@ -90,16 +90,16 @@ def init_ledger(
         files["README.md"] = (template / "README.md").read_bytes()
     changes = []
     for spec in loaded.specs.values():
-        state = JobState(job_id=spec.job_id, name=spec.name, status=Status.PENDING)
-        files[state.path] = state.to_json().encode()
-        changes.append(trailers.Change(spec.job_id, spec.name, 0, "new->pending", "create"))
+        step = transitions.create(spec.job_id, spec.name)
+        files[step.new.path] = step.new.to_json().encode()
+        changes.append(step.change)
     tree = repo.edit_tree(None, files)
     message = trailers.render(
-        f"init ledger {loaded.manifest.name} with {len(changes)} jobs", changes, "reconciler"
-    )
+        f"init ledger {loaded.manifest.name} with {len(changes)} jobs", changes, "reconciler",
+        kind=trailers.INIT)
     sha = repo.write_commit(tree, [], Signature("reconciler", "reconciler@trainledger",
                                                 time.time()), message)
-    repo.update_ref("refs/heads/main", sha)
+    repo.update_ref(MAIN, sha)
     install_hooks(directory)
     store.mkdir(parents=True, exist_ok=True)
     (store / "sha256").mkdir(exist_ok=True)

@@ -16,9 +16,8 @@ import logging
 import os
 import pickle
 import random
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -35,19 +34,23 @@ from reconciler.errors import (
     PushAmbiguous,
     PushRejected,
 )
+from reconciler.gitread import DIFF_TREE_ARGS, parse_commit, parse_diff_tree
 from reconciler.gitrepo import EMPTY_TREE, GitRepo, Signature
+from reconciler.layout import (
+    CACHED_HEARTBEATS,
+    CACHED_MAIN,
+    HEARTBEATS,
+    MAIN,
+    STATE_RE,
+    TOP_LEVEL_FILES,
+)
 from reconciler.manifest import LoadedManifest, load_manifest
 from reconciler.schema import Heartbeat, JobState, parse_state
 from reconciler.sshconn import is_ssh, ssh_env
+from reconciler.transitions import Step
 
 log = logging.getLogger("trainledger.ledger")
 
-MAIN = "refs/heads/main"
-CACHED_MAIN = "refs/remotes/ledger/main"
-HEARTBEATS = "refs/heartbeats/"
-CACHED_HEARTBEATS = "refs/remotes/heartbeats/"
-STATE_RE = re.compile(r"^state/([0-9a-f]{2})/([0-9a-f]{16})\.json$")
-TOP_LEVEL_FILES = ("manifest.toml", "access.toml", "README.md")
 
 
 def compute_backoff(
@@ -85,13 +88,20 @@ class Proposal:
     changes: list[trailers.Change]
     subject: str | None = None
     body: str = ""
+    kind: str | None = None  # the Ledger-Kind trailer (trailers.RESTORE), if not a transition
 
     @classmethod
     def of_states(
         cls, states: list[JobState], changes: list[trailers.Change], subject: str | None = None,
-        body: str = "",
+        body: str = "", kind: str | None = None,
     ) -> Proposal:
-        return cls({s.path: s.to_json().encode() for s in states}, changes, subject, body)
+        return cls({s.path: s.to_json().encode() for s in states}, changes, subject, body, kind)
+
+    @classmethod
+    def of_steps(cls, steps: list[Step], body: str = "", kind: str | None = None) -> Proposal:
+        """The commit of these moves: each new state and its derived trailer group."""
+        return cls.of_states([s.new for s in steps], [s.change for s in steps], body=body,
+                             kind=kind)
 
 
 class PushStatus(Enum):
@@ -302,19 +312,12 @@ class Ledger:
     def _tree_changes(self, old: str, new: str) -> list[tuple[str, str, str, str]] | None:
         """(path, mode, type, sha) of what differs between two revisions; mode
         "000000" for a deletion. None when git cannot tell (then list in full)."""
-        proc = self.repo.git("diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", old, new,
-                             check=False)
-        if proc.returncode != 0:
+        proc = self.repo.git(*DIFF_TREE_ARGS, "--no-commit-id", old, new, check=False)
+        diffs = parse_diff_tree(proc.stdout) if proc.returncode == 0 else None
+        if diffs is None:
             return None
-        raw = proc.stdout.split(b"\0")
-        out = []
-        for meta, path in zip(raw[0::2], raw[1::2], strict=False):
-            if not meta.startswith(b":"):
-                return None
-            _old_mode, mode, _old_sha, sha, _status = meta[1:].decode().split(" ")
-            kind = "commit" if mode == "160000" else "blob"
-            out.append((path.decode("utf-8", "surrogateescape"), mode, kind, sha))
-        return out
+        return [(d.path, d.new_mode, "commit" if d.new_mode == "160000" else "blob", d.new_sha)
+                for d in diffs]
 
     def _load_manifest(
         self, blob: str | None, blobs: dict[str, tuple[str, bytes] | None]
@@ -345,7 +348,8 @@ class Ledger:
         base_tree = self.repo.commit_tree(base) if base else None
         tree = self.repo.edit_tree(base_tree, proposal.files)
         subject = proposal.subject or trailers.subject_for(proposal.changes, self.identity)
-        message = trailers.render(subject, proposal.changes, self.identity, proposal.body)
+        message = trailers.render(subject, proposal.changes, self.identity, proposal.body,
+                                  proposal.kind or trailers.MOVES)
         return self.repo.write_commit(tree, [base] if base else [], self.signature(), message)
 
     def push(self, sha: str, ref: str = MAIN, *, lease: str | None = None) -> PushResult:
@@ -490,6 +494,22 @@ class Ledger:
             raise PushRejected(f"heartbeat refused: {result.message}", reason=result.message)
         raise GitError(f"heartbeat push failed ({result.status.value}): {result.message}")
 
+    # ------------------------------------------------- manifest history, upkeep
+
+    def last_commit_touching(self, path: str, rev: str) -> str | None:
+        proc = self.repo.git("log", "-1", "--format=%H", rev, "--", path, check=False)
+        return proc.stdout.decode().strip() or None
+
+    def manifest_history(self, rev: str, limit: int = 50) -> Iterator[tuple[str, bytes]]:
+        """(commit, manifest.toml) of the commits that changed it, newest first."""
+        proc = self.repo.git("log", "--format=%H", "-n", str(limit), rev, "--",
+                             "manifest.toml", check=False)
+        for commit in proc.stdout.decode().split():
+            yield commit, self.repo.git("show", f"{commit}:manifest.toml", check=False).stdout
+
+    def gc(self) -> None:
+        self.repo.git("gc", "--auto", "--quiet", check=False, timeout=600)
+
     def _remote_ref(self, ref: str) -> str | None:
         proc = self.repo.git("ls-remote", self.url, ref, timeout=self.push_timeout_s)
         line = proc.stdout.decode().strip()
@@ -505,10 +525,10 @@ class Ledger:
             found = objs.get(sha)
             beat, error, when = None, None, 0.0
             if found and found[0] == "commit":
-                header, _, message = found[1].partition(b"\n\n")
-                when = _commit_time(header)
+                commit = parse_commit(found[1])
+                when = commit.committer_time
                 try:
-                    payload = message.decode().split("\n\n", 1)[-1]
+                    payload = commit.message.split("\n\n", 1)[-1]
                     beat = Heartbeat.model_validate_json(payload)
                 except (ValidationError, UnicodeDecodeError) as exc:
                     error = f"unreadable heartbeat: {str(exc).splitlines()[0]}"
@@ -527,12 +547,3 @@ def _parsed_key() -> str:
         digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()
 
-
-def _commit_time(header: bytes) -> float:
-    for line in header.split(b"\n"):
-        if line.startswith(b"committer "):
-            try:
-                return float(line.rsplit(b" ", 2)[1])
-            except (IndexError, ValueError):
-                return 0.0
-    return 0.0

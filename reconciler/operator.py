@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from reconciler import trailers
+from reconciler import transitions
 from reconciler.cli import add_ledger_arg
 from reconciler.errors import LedgerError
 from reconciler.jobref import resolve_job
 from reconciler.ledger import Proposal, Snapshot
-from reconciler.state import TERMINAL, JobState, Status
+from reconciler.state import TERMINAL, JobState
 from reconciler.status import cached_ledger
 
 
@@ -35,19 +35,17 @@ def operator_identity(explicit: str | None = None) -> str:
     return proc.stdout.strip() or "operator"
 
 
-def cancelled(state: JobState) -> JobState:
+def cancelled(state: JobState) -> transitions.Step:
     if state.status in TERMINAL:
         raise LedgerError(f"job {state.name} ({state.job_id}) is already {state.status.value}")
-    return state.model_copy(update={"status": Status.CANCELLED, "holder": None,
-                                    "last_error": "cancelled by the operator"})
+    return transitions.cancel(state, "cancelled by the operator")
 
 
-def requeued(state: JobState) -> JobState:
+def requeued(state: JobState) -> transitions.Step:
     if state.status not in TERMINAL:
         raise LedgerError(f"job {state.name} ({state.job_id}) is {state.status.value}: only "
                           "failed, cancelled or completed jobs are requeued")
-    return state.model_copy(update={"status": Status.PENDING, "holder": None, "lost": 0,
-                                    "artifact": None, "last_error": None, "failures": 0})
+    return transitions.requeue(state)
 
 
 def _check_requeue(snap: Snapshot, old: JobState) -> None:
@@ -84,7 +82,7 @@ def choose(snap: Snapshot, targets: list[str], args: argparse.Namespace | None,
         spec = specs.get(state.job_id)
         return {"job_id": state.job_id, "name": state.name, "status": state.status.value,
                 "holder": state.holder, "model": spec.model if spec else None,
-                "last_host": last_host.get(state.job_id)}
+                "sweep": spec.sweep if spec else None, "last_host": last_host.get(state.job_id)}
 
     selecting = args is not None and has_selector(args)
     keep = (lambda st: row_matches(row(st), args)) if selecting else (lambda st: True)
@@ -109,9 +107,9 @@ def choose(snap: Snapshot, targets: list[str], args: argparse.Namespace | None,
 
 
 def plan_changes(snap: Snapshot, targets: list[str], args: argparse.Namespace | None,
-                 change: Callable[[JobState], JobState], meaning: str, repo: Any = None
-                 ) -> tuple[list[tuple[JobState, JobState]], list[tuple[JobState, str]]]:
-    """(old, new) for every job to change, and (job, why) for the jobs a glob or
+                 change: Callable[[JobState], transitions.Step], meaning: str, repo: Any = None
+                 ) -> tuple[list[tuple[JobState, transitions.Step]], list[tuple[JobState, str]]]:
+    """(old, step) for every job to change, and (job, why) for the jobs a glob or
     selector matched that this change does not apply to (already cancelled...).
     A job named exactly that cannot change is an error, as with one job."""
     named, selected = choose(snap, targets, args, repo)
@@ -130,14 +128,14 @@ def plan_changes(snap: Snapshot, targets: list[str], args: argparse.Namespace | 
     return out, skipped
 
 
-def operate(url: str, job: str, change: Callable[[JobState], JobState], meaning: str,
+def operate(url: str, job: str, change: Callable[[JobState], transitions.Step], meaning: str,
             identity: str) -> JobState:
     """One job, named exactly: its new state."""
     news, _ = operate_many(url, [job], change, meaning, identity)
     return news[0]
 
 
-def operate_many(url: str, targets: list[str], change: Callable[[JobState], JobState],
+def operate_many(url: str, targets: list[str], change: Callable[[JobState], transitions.Step],
                  meaning: str, identity: str, args: argparse.Namespace | None = None,
                  dry_run: bool = False) -> tuple[list[JobState], list[tuple[JobState, str]]]:
     """Change the jobs named and/or selected in one operator commit: (the new
@@ -148,13 +146,11 @@ def operate_many(url: str, targets: list[str], change: Callable[[JobState], JobS
 
     def build(snap: Snapshot) -> Proposal | None:
         pairs, skip = plan_changes(snap, targets, args, change, meaning, ledger.repo)
-        result[:] = [new for _, new in pairs]
+        result[:] = [step.new for _, step in pairs]
         skipped[:] = skip
         if not pairs or dry_run:
             return None
-        return Proposal.of_states([new for _, new in pairs], [trailers.Change(
-            old.job_id, old.name, old.attempt, f"{old.status.value}->{new.status.value}",
-            meaning) for old, new in pairs])
+        return Proposal.of_steps([step for _, step in pairs])
 
     with cached_ledger(url, f"operator-{identity}", identity) as ledger:
         if dry_run:
@@ -170,7 +166,7 @@ def cmd_operate(args: argparse.Namespace) -> int:
 
     if not args.jobs and not has_selector(args):
         raise LedgerError("name one or more jobs (ids, names or globs), or select them with "
-                          "--status, --worker or --model")
+                          "--status, --worker, --model or --sweep")
     change = cancelled if args.command == "cancel" else requeued
     news, skipped = operate_many(args.ledger, args.jobs, change, args.command,
                                  operator_identity(args.as_), args=args, dry_run=args.dry_run)

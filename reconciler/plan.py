@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from reconciler import trailers
+from reconciler import trailers, transitions
 from reconciler.identity import JobSpec
+from reconciler.lease import Lease
 from reconciler.schema import Fleet
 from reconciler.state import HELD, TERMINAL, JobState, Status
 
@@ -52,18 +53,26 @@ class Observations:
 
 @dataclass(frozen=True)
 class Action:
-    """One state change: the new state and the trailer that explains it."""
+    """One move the reconciler makes (built by transitions.py) and why."""
 
-    old: JobState | None
-    new: JobState
-    meaning: str  # create, cancel, open, sweep, rename, restore
+    step: transitions.Step
     reason: str = ""
 
     @property
+    def old(self) -> JobState | None:
+        return self.step.old
+
+    @property
+    def new(self) -> JobState:
+        return self.step.new
+
+    @property
+    def meaning(self) -> transitions.Move:
+        return self.step.move
+
+    @property
     def change(self) -> trailers.Change:
-        before = self.old.status.value if self.old else "new"
-        return trailers.Change(self.new.job_id, self.new.name, self.new.attempt,
-                               f"{before}->{self.new.status.value}", self.meaning)
+        return self.step.change
 
 
 def plan(view: View, obs: Observations, now: float) -> list[Action]:
@@ -74,11 +83,10 @@ def plan(view: View, obs: Observations, now: float) -> list[Action]:
     for job_id, spec in view.specs.items():
         state = view.states.get(job_id)
         if state is None:
-            actions.append(Action(None, JobState(job_id=job_id, name=spec.name,
-                                                 status=Status.PENDING), "create"))
+            actions.append(Action(transitions.create(job_id, spec.name)))
             continue
         action = (_cancel(state, spec.cancel, "cancel = true in the manifest")
-                  or _sweep(state, fleet, obs, now) or _grace(spec, state, fleet, obs, now)
+                  or _sweep(state, fleet, obs, now)[0] or _grace(spec, state, fleet, obs, now)[0]
                   or _rename(state, spec))
         if action:
             actions.append(action)
@@ -93,19 +101,17 @@ def plan(view: View, obs: Observations, now: float) -> list[Action]:
 def next_due(view: View, obs: Observations, now: float) -> float | None:
     """Seconds until a time rule could next fire if nothing else changes (the
     earliest sweep or grace deadline), None if none is pending. The daemon
-    sleeps no longer than this, so a sweep is on time however long its tick."""
+    sleeps no longer than this, so a sweep is on time however long its tick.
+    Each deadline is the one its rule returns: predicate and deadline are one
+    code path."""
     fleet = view.fleet
     due: list[float] = []
     for state in view.states.values():
-        if state.status in HELD:
-            last = obs.last_sign(state)
-            if last is not None:
-                due.append(max(last, obs.started_at) + fleet.stale_after_s)
-        elif state.status is Status.PENDING and not state.cpu_ok:
-            spec = view.specs.get(state.job_id)
-            since = obs.pending_seen.get(state.job_id)
-            if spec and spec.prefer_cuda and not spec.require_cuda and since is not None:
-                due.append(since + fleet.prefer_cuda_grace_s)
+        spec = view.specs.get(state.job_id)
+        for _action, at in (_sweep(state, fleet, obs, now),
+                            _grace(spec, state, fleet, obs, now) if spec else (None, None)):
+            if at is not None:
+                due.append(at)
     return max(0.0, min(due) - now) if due else None
 
 
@@ -117,43 +123,50 @@ def orphans(view: View) -> list[JobState]:
 def _cancel(state: JobState, cancel: bool, reason: str) -> Action | None:
     if not cancel or state.status in TERMINAL:
         return None
-    new = state.model_copy(update={"status": Status.CANCELLED, "holder": None,
-                                   "last_error": reason})
-    return Action(state, new, "cancel", reason)
+    return Action(transitions.cancel(state, reason), reason)
 
 
-def _sweep(state: JobState, fleet: Fleet, obs: Observations, now: float) -> Action | None:
+def _sweep(state: JobState, fleet: Fleet, obs: Observations,
+           now: float) -> tuple[Action | None, float | None]:
     """A held job silent for stale_after_s, judged only once the reconciler itself
-    has been up for stale_after_s (a restart gives every claim a full period)."""
-    if state.status not in HELD or now - obs.started_at < fleet.stale_after_s:
-        return None
+    has been up for stale_after_s (a restart gives every claim a full period).
+    Returns the sweep if due now, and when it falls due (None: not held, or no
+    sign of it seen yet)."""
+    if state.status not in HELD:
+        return None, None
     last = obs.last_sign(state)
-    if last is None or now - last < fleet.stale_after_s:
-        return None
+    if last is None:
+        return None, None
+    due = Lease.of(fleet).sweep_due(last, obs.started_at)
+    if now < due:
+        return None, due
     lost = state.lost + 1
-    spent = lost >= fleet.max_attempts
+    spent = transitions.budget_spent(lost, fleet.max_attempts)
     reason = (f"swept: no sign of life from {state.holder} for {now - last:.0f}s "
               f"(attempt {state.attempt}); {lost} of {fleet.max_attempts} claims lost"
               + (": failed" if spent else ""))
-    new = state.model_copy(update={"status": Status.FAILED if spent else Status.PENDING,
-                                   "holder": None, "lost": lost, "last_error": reason})
-    return Action(state, new, "sweep", reason)
+    return Action(transitions.sweep(state, fleet.max_attempts, reason), reason), due
 
 
 def _grace(spec: JobSpec, state: JobState, fleet: Fleet, obs: Observations,
-           now: float) -> Action | None:
+           now: float) -> tuple[Action | None, float | None]:
+    """A prefer_cuda job pending for prefer_cuda_grace_s opens to CPU workers;
+    returns the opening if due now, and when it falls due."""
     if (not spec.prefer_cuda or spec.require_cuda or state.status is not Status.PENDING
             or state.cpu_ok):
-        return None
+        return None, None
     since = obs.pending_seen.get(state.job_id)
-    if since is None or now - since < fleet.prefer_cuda_grace_s:
-        return None
+    if since is None:
+        return None, None
+    due = Lease.of(fleet).grace_due(since)
+    if now < due:
+        return None, due
     reason = f"prefer_cuda grace of {fleet.prefer_cuda_grace_s:g}s is over: open to CPU workers"
-    return Action(state, state.model_copy(update={"cpu_ok": True}), "open", reason)
+    return Action(transitions.open_to_cpu(state), reason), due
 
 
 def _rename(state: JobState, spec: JobSpec) -> Action | None:
     if state.name == spec.name:
         return None
-    return Action(state, state.model_copy(update={"name": spec.name}), "rename",
+    return Action(transitions.rename(state, spec.name),
                   f"renamed {state.name} -> {spec.name} in the manifest")

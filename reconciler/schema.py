@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from reconciler.layout import NAME_PATTERN
+
 # Defined without pydantic in reconciler/state.py, so the hook starts fast.
 from reconciler.state import (  # noqa: F401 - re-exported
     HELD,
@@ -39,7 +41,6 @@ SCHEMA_VERSION = 1
 
 # Host, job, model and worker names appear in refs, paths, argv and commit
 # subjects, so they come from a small, safe alphabet.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]

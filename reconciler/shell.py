@@ -20,9 +20,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Same alphabet as reconciler.schema.NAME_PATTERN (a unit test keeps them equal);
-# copied so the shell does not import pydantic on every git operation.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+from reconciler.layout import NAME_PATTERN  # stdlib only: no pydantic on every git operation
+
 NAME_RE = re.compile(NAME_PATTERN)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Characters a ledger path may hold. Everything else (quotes, `;`, `$`, `` ` ``,

@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.errors import StateError
+from reconciler.layout import NAME_PATTERN
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_STATE_BYTES = 64 * 1024
 
 

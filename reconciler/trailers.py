@@ -2,16 +2,32 @@
 
 A commit that changes several jobs repeats the group `Ledger-Job` /
 `Ledger-Attempt` / `Ledger-Transition` once per job, in the same order, so the
-n-th values of each trailer belong together (DESIGN.md).
+n-th values of each trailer belong together. `Ledger-Kind` says what kind of
+commit it is when that is not a plain transition (`restore`).
+
+Trailers are read with git's own rules (`git interpret-trailers --parse`):
+only the last paragraph after the subject, keys case-insensitive, optional
+whitespace around the colon, indented lines continue a value. So a commit an
+operator types by hand reads the same to trainledger as to git.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-JOB, ATTEMPT, TRANSITION, ACTOR = (
-    "Ledger-Job", "Ledger-Attempt", "Ledger-Transition", "Ledger-Actor",
+JOB, ATTEMPT, TRANSITION, ACTOR, KIND = (
+    "Ledger-Job", "Ledger-Attempt", "Ledger-Transition", "Ledger-Actor", "Ledger-Kind",
 )
+# Ledger-Kind values: every commit trainledger writes says which it is
+MOVES = "moves"  # moves of the state machine (and operator-file edits)
+RESTORE = "restore"  # the reconciler's undo of an illegal commit
+INIT = "init"  # `reconciler init`'s first commit
+_CANONICAL = {k.lower(): k for k in (JOB, ATTEMPT, TRANSITION, ACTOR, KIND)}
+# git's trailer line: a token of alphanumerics and dashes, optional blanks, the separator
+_TRAILER = re.compile(r"^([A-Za-z0-9-]+)[ \t]*:[ \t]*(.*)$")
+# prefixes that make a mixed last paragraph a trailer block for git (trailer.c)
+_GIT_PREFIXES = ("Signed-off-by: ", "(cherry picked from commit ")
 
 
 @dataclass(frozen=True)
@@ -23,7 +39,8 @@ class Change:
     meaning: str  # "claim", "sweep", ...
 
 
-def render(subject: str, changes: list[Change], actor: str, body: str = "") -> str:
+def render(subject: str, changes: list[Change], actor: str, body: str = "",
+           kind: str | None = None) -> str:
     lines = [subject.replace("\n", " ")[:200], ""]
     if body:
         lines += [body.strip(), ""]
@@ -33,6 +50,8 @@ def render(subject: str, changes: list[Change], actor: str, body: str = "") -> s
             f"{ATTEMPT}: {change.attempt}",
             f"{TRANSITION}: {change.transition}",
         ]
+    if kind:
+        lines.append(f"{KIND}: {kind}")
     lines.append(f"{ACTOR}: {actor}")
     return "\n".join(lines) + "\n"
 
@@ -46,16 +65,54 @@ def subject_for(changes: list[Change], actor: str) -> str:
 
 
 def parse(message: str) -> dict[str, list[str]]:
-    """Trailers of the last paragraph, in order, by key."""
-    paragraphs = message.strip().split("\n\n")
+    """Ledger-* trailers of the trailer block, in order, by canonical key."""
     out: dict[str, list[str]] = {}
-    if len(paragraphs) < 2:
-        return out
-    for line in paragraphs[-1].splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key.startswith("Ledger-"):
-            out.setdefault(key, []).append(value.strip())
+    for key, value in parse_all(message):
+        canonical = _CANONICAL.get(key.lower())
+        if canonical:
+            out.setdefault(canonical, []).append(value)
     return out
+
+
+def parse_all(message: str) -> list[tuple[str, str]]:
+    """Every (key, value) trailer as `git interpret-trailers --parse` finds them:
+    the last paragraph, if it is not the subject's, when all its lines are
+    trailers (or continuations), or a quarter are and one is git's own."""
+    lines = [ln for ln in message.replace("\r\n", "\n").split("\n")
+             if not ln.startswith("#")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    start = len(lines)
+    while start > 0 and lines[start - 1].strip():
+        start -= 1
+    if start == 0 or not any(ln.strip() for ln in lines[:start]):
+        return []  # the only paragraph is the subject
+    block = lines[start:]
+    out: list[tuple[str, str]] = []
+    trailer_lines = non_trailer = 0
+    git_own = False
+    for line in block:
+        if line[:1] in (" ", "\t") and out:
+            key, value = out[-1]
+            out[-1] = (key, f"{value} {line.strip()}".strip())
+            continue
+        m = _TRAILER.match(line)
+        if m:
+            out.append((m.group(1), m.group(2).strip()))
+            trailer_lines += 1
+            git_own = git_own or line.startswith(_GIT_PREFIXES)
+        else:
+            non_trailer += 1
+            git_own = git_own or line.startswith(_GIT_PREFIXES)
+    if non_trailer and not (git_own and trailer_lines * 3 >= non_trailer):
+        return []
+    return out
+
+
+def kind_of(message: str) -> str | None:
+    """The commit's Ledger-Kind (the last one given), or None."""
+    kinds = parse(message).get(KIND)
+    return kinds[-1].lower() if kinds else None
 
 
 def changes_of(message: str) -> list[tuple[str, int, str]]:

@@ -6,6 +6,12 @@ reconciler when it re-checks history, so both enforce exactly the same rules.
 
 The attempt is the fencing token: a worker's transition is legal only while the
 state still names that worker and that attempt.
+
+Every writer builds its changes with the move constructors at the end of this
+module (`claim(state, worker)`, `sweep(state, max_attempts, reason)`, ...): each
+returns a `Step`, the new state with its audit record, whose label is derived
+from the two states and whose meaning is a `Move`. To add a move, add it to
+`Move`, give it a constructor next to the others and a row in `TABLE`.
 """
 
 from __future__ import annotations
@@ -14,12 +20,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from reconciler import trailers
 from reconciler.errors import IllegalTransition
-from reconciler.state import HELD, Checkpoint, JobState, Status
-from reconciler.trailers import Change
+from reconciler.state import HELD, Artifact, Checkpoint, JobState, Status
 
 P, C, R = Status.PENDING, Status.CLAIMED, Status.RUNNING
 DONE, FAIL, CANC = Status.COMPLETED, Status.FAILED, Status.CANCELLED
+
+
+class Move(StrEnum):
+    """What a change means; the `meaning` of its Ledger-Transition group."""
+
+    CREATE = "create"
+    CLAIM = "claim"
+    START = "start"
+    COMPLETE = "complete"
+    FAIL = "fail"
+    RELEASE = "release"
+    SWEEP = "sweep"
+    CANCEL = "cancel"
+    REQUEUE = "requeue"
+    OPEN = "open"  # a prefer_cuda job opened to CPU workers
+    RESTORE = "restore"  # the reconciler undoes an illegal commit
+    RENAME = "rename"
+    RETRY = "retry"  # a trainer failure with retries left: back to pending
+    CHECKPOINT = "checkpoint"  # the running attempt recorded its checkpoint
+
+
+def budget_spent(lost: int, max_attempts: int) -> bool:
+    """The one budget rule: a job whose lost claims reach max_attempts fails
+    (a sweep's and a worker's store failure alike)."""
+    return lost >= max_attempts
 
 
 class Role(StrEnum):
@@ -84,6 +115,21 @@ def _own_checkpoint(old: JobState, new: JobState) -> str | None:
     return None
 
 
+def _fail(old: JobState, new: JobState, actor: Actor, budget: Budget) -> str | None:
+    """A worker's failure keeps the budget, or spends the last claim (its store
+    failed on the last attempt the budget allows: `give_back`); a trainer's
+    failure counts once in `failures`."""
+    rule = _fenced(old, new, actor) or _same(old, new, "cpu_ok")
+    if rule is None and new.lost == old.lost + 1:
+        if not budget_spent(new.lost, max_attempts := budget()):
+            rule = f"budget not spent ({new.lost} of {max_attempts}): release to pending"
+    elif rule is None and new.lost != old.lost:
+        rule = f"a failure keeps the budget or spends one claim (lost {old.lost} -> {new.lost})"
+    if rule is None and new.failures not in (old.failures, old.failures + 1):
+        rule = f"a failure counts once (failures {old.failures} -> {new.failures})"
+    return rule or _own_checkpoint(old, new)
+
+
 def _release(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
     rule = _fenced(old, new, actor) or _same(old, new, "cpu_ok", "failures")
     if rule is None and new.lost not in (old.lost, old.lost + 1):
@@ -115,7 +161,7 @@ def _sweep_pending(old: JobState, new: JobState, _actor: Actor, budget: Budget) 
     rule = _same(old, new, "attempt", "cpu_ok")
     if rule is None and new.lost != old.lost + 1:
         rule = f"a sweep spends one claim (lost {old.lost} -> {old.lost + 1}, not {new.lost})"
-    if rule is None and new.lost >= (max_attempts := budget()):
+    if rule is None and budget_spent(new.lost, max_attempts := budget()):
         rule = f"budget spent ({new.lost} of {max_attempts} claims lost): sweep to failed"
     return rule
 
@@ -124,7 +170,7 @@ def _sweep_failed(old: JobState, new: JobState, _actor: Actor, budget: Budget) -
     rule = _same(old, new, "attempt", "cpu_ok")
     if rule is None and new.lost != old.lost + 1:
         rule = f"a sweep spends one claim (lost {old.lost} -> {old.lost + 1}, not {new.lost})"
-    if rule is None and new.lost < (max_attempts := budget()):
+    if rule is None and not budget_spent(new.lost, max_attempts := budget()):
         rule = f"budget not spent ({new.lost} of {max_attempts}): sweep to pending"
     return rule
 
@@ -157,8 +203,8 @@ TABLE: dict[tuple[Status, Status], list[tuple[Role, Check, str]]] = {
     (P, C): [(W, _claim, "claim")],
     (C, R): [(W, _start, "start")],
     (R, DONE): [(W, _finish, "complete")],
-    (C, FAIL): [(W, _finish, "fail"), (REC, _sweep_failed, "sweep")],
-    (R, FAIL): [(W, _finish, "fail"), (REC, _sweep_failed, "sweep")],
+    (C, FAIL): [(W, _fail, "fail"), (REC, _sweep_failed, "sweep")],
+    (R, FAIL): [(W, _fail, "fail"), (REC, _sweep_failed, "sweep")],
     (C, P): [(W, _retry, "retry"), (W, _release, "release"), (REC, _sweep_pending, "sweep")],
     (R, P): [(W, _retry, "retry"), (W, _release, "release"), (REC, _sweep_pending, "sweep")],
     (R, R): [(W, _checkpoint, "checkpoint")],
@@ -244,30 +290,130 @@ def _deny(old: JobState | None, rule: str, actor: Actor, label: str) -> None:
     )
 
 
-# ------------------------------------------------- moves of the pipelines (issue 15)
+# ------------------------------------------------------------------- moves
 
 
-def _change(old: JobState, new: JobState, meaning: str) -> Change:
-    return Change(old.job_id, new.name, old.attempt,
-                  f"{old.status.value}->{new.status.value}", meaning)
+@dataclass(frozen=True)
+class Step:
+    """One move of one job: the state before (None for a new job), the state
+    after, and what it means. The trailer label is derived, never typed."""
+
+    old: JobState | None
+    new: JobState
+    move: Move
+
+    @property
+    def label(self) -> str:
+        return label_of(self.old, self.new)
+
+    @property
+    def change(self) -> trailers.Change:
+        return trailers.Change(self.new.job_id, self.new.name, self.new.attempt, self.label,
+                               self.move.value)
 
 
-def retry(state: JobState, error: str) -> tuple[JobState, Change]:
+def label_of(old: JobState | None, new: JobState) -> str:
+    """The Ledger-Transition value of a change: "running->pending", "new->pending"."""
+    return f"{old.status.value if old else 'new'}->{new.status.value}"
+
+
+def create(job_id: str, name: str) -> Step:
+    return Step(None, JobState(job_id=job_id, name=name, status=Status.PENDING), Move.CREATE)
+
+
+def claim(state: JobState, worker: str) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.CLAIMED, "attempt": state.attempt + 1, "holder": worker,
+        "last_error": None}), Move.CLAIM)
+
+
+def start(state: JobState) -> Step:
+    return Step(state, state.model_copy(update={"status": Status.RUNNING}), Move.START)
+
+
+def complete(state: JobState, artifact: Artifact) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.COMPLETED, "holder": None, "artifact": artifact, "last_error": None,
+        "checkpoint": None}), Move.COMPLETE)
+
+
+def fail(state: JobState, error: str) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.FAILED, "holder": None, "last_error": error}), Move.FAIL)
+
+
+def release(state: JobState, why: str, *, spend: bool = False,
+            checkpoint: Artifact | None = None) -> Step:
+    """The worker gives the job back: uncounted (shutdown, self-fence) or
+    spending one claim; a graceful release records the checkpoint it just saved."""
+    update: dict[str, object] = {"status": Status.PENDING, "holder": None,
+                                 "lost": state.lost + (1 if spend else 0), "last_error": why}
+    if checkpoint is not None:
+        update["checkpoint"] = Checkpoint(sha256=checkpoint.sha256, size=checkpoint.size,
+                                          attempt=state.attempt)
+    return Step(state, state.model_copy(update=update), Move.RELEASE)
+
+
+def give_back(state: JobState, error: str, max_attempts: int) -> Step:
+    """A held job the worker could not finish for a reason outside the trainer
+    (its store failed): one claim spent, as a sweep spends one; a release while
+    budget is left, a failure once it is spent (the same `budget_spent` rule)."""
+    lost = state.lost + 1
+    if budget_spent(lost, max_attempts):
+        return Step(state, state.model_copy(update={
+            "status": Status.FAILED, "holder": None, "lost": lost, "last_error": error}),
+            Move.FAIL)
+    return release(state, error, spend=True)
+
+
+def sweep(state: JobState, max_attempts: int, reason: str) -> Step:
+    lost = state.lost + 1
+    status = Status.FAILED if budget_spent(lost, max_attempts) else Status.PENDING
+    return Step(state, state.model_copy(update={
+        "status": status, "holder": None, "lost": lost, "last_error": reason}), Move.SWEEP)
+
+
+def cancel(state: JobState, reason: str) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.CANCELLED, "holder": None, "last_error": reason}), Move.CANCEL)
+
+
+def requeue(state: JobState) -> Step:
+    return Step(state, state.model_copy(update={
+        "status": Status.PENDING, "holder": None, "lost": 0, "artifact": None,
+        "last_error": None, "failures": 0}), Move.REQUEUE)
+
+
+def open_to_cpu(state: JobState) -> Step:
+    return Step(state, state.model_copy(update={"cpu_ok": True}), Move.OPEN)
+
+
+def rename(state: JobState, name: str) -> Step:
+    return Step(state, state.model_copy(update={"name": name}), Move.RENAME)
+
+
+def restore(illegal: JobState, legal: JobState) -> Step:
+    """Back to the last legal state: not a transition of the table (the commit
+    carries `Ledger-Kind: restore` instead, see trailers.py)."""
+    return Step(illegal, legal, Move.RESTORE)
+
+
+def retry(state: JobState, error: str) -> Step:
     """A held job whose trainer failed with retries left: pending again, one more failure."""
-    new = state.model_copy(update={"status": Status.PENDING, "holder": None,
-                                   "failures": state.failures + 1, "last_error": error})
-    return new, _change(state, new, "retry")
+    return Step(state, state.model_copy(update={
+        "status": Status.PENDING, "holder": None, "failures": state.failures + 1,
+        "last_error": error}), Move.RETRY)
 
 
-def fail_trainer(state: JobState, error: str) -> tuple[JobState, Change]:
+def fail_trainer(state: JobState, error: str) -> Step:
     """A held job whose trainer failed with no retries left."""
-    new = state.model_copy(update={"status": Status.FAILED, "holder": None,
-                                   "failures": state.failures + 1, "last_error": error})
-    return new, _change(state, new, "fail")
+    return Step(state, state.model_copy(update={
+        "status": Status.FAILED, "holder": None, "failures": state.failures + 1,
+        "last_error": error}), Move.FAIL)
 
 
-def record_checkpoint(state: JobState, sha256: str, size: int) -> tuple[JobState, Change]:
+def record_checkpoint(state: JobState, sha256: str, size: int) -> Step:
     """The running attempt saved its checkpoint dir into the store."""
-    new = state.model_copy(update={
-        "checkpoint": Checkpoint(sha256=sha256, size=size, attempt=state.attempt)})
-    return new, _change(state, new, "checkpoint")
+    return Step(state, state.model_copy(update={
+        "checkpoint": Checkpoint(sha256=sha256, size=size, attempt=state.attempt)}),
+        Move.CHECKPOINT)

@@ -9,23 +9,21 @@ middle commit.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from reconciler.access import Access, load_access
 from reconciler.errors import AccessDenied, IllegalTransition, LedgerError, ManifestError
+from reconciler.gitread import DIFF_TREE_ARGS, Diff, parse_commit, parse_diff_tree
 from reconciler.gitrepo import BLOB_MODE, GitRepo
+from reconciler.layout import STATE_RE, ZERO
+from reconciler.layout import TOP_LEVEL_FILES as OPERATOR_FILES
 from reconciler.state import MAX_STATE_BYTES, JobState, parse_state
 from reconciler.transitions import Actor, Role, check_transition
 
 if TYPE_CHECKING:
     from reconciler.manifest import LoadedManifest
 
-STATE_RE = re.compile(r"^state/([0-9a-f]{2})/([0-9a-f]{16})\.json$")
-OPERATOR_FILES = ("manifest.toml", "access.toml", "README.md")
-ZERO = "0" * 40
 
 
 class Refused(LedgerError):
@@ -60,29 +58,17 @@ class Context:
     @property
     def max_attempts(self) -> int:
         manifest = self.manifest
-        return manifest.fleet.max_attempts if manifest else 3
+        if manifest is None:
+            from reconciler.lease import Lease  # pydantic: only when a sweep is judged
 
-
-@dataclass(frozen=True)
-class Diff:
-    old_mode: str
-    new_mode: str
-    old_sha: str
-    new_sha: str
-    path: str
+            return Lease.of(None).max_attempts
+        return manifest.fleet.max_attempts
 
 
 def diff_tree(repo: GitRepo, parent: str | None, commit: str) -> list[Diff]:
-    args = ["diff-tree", "-r", "-z", "--no-renames", "--no-commit-id"]
+    args = [*DIFF_TREE_ARGS, "--no-commit-id"]
     args += [parent, commit] if parent else ["--root", commit]
-    raw = repo.git(*args).stdout.split(b"\0")
-    out = []
-    for meta, path in zip(raw[0::2], raw[1::2], strict=False):
-        if not meta.startswith(b":"):
-            continue
-        old_mode, new_mode, old_sha, new_sha, _status = meta[1:].decode().split(" ")
-        out.append(Diff(old_mode, new_mode, old_sha, new_sha, path.decode("utf-8", "replace")))
-    return out
+    return parse_diff_tree(repo.git(*args).stdout) or []
 
 
 def context_at(repo: GitRepo, rev: str | None) -> Context:
@@ -108,10 +94,8 @@ def author_of(repo: GitRepo, commit: str) -> tuple[str, list[str]]:
     found = repo.read_objects([commit])[commit]
     if not found or found[0] != "commit":
         raise Refused(f"{commit[:12]} is not a commit")
-    header = found[1].split(b"\n\n", 1)[0].decode("utf-8", "replace").splitlines()
-    parents = [ln[7:] for ln in header if ln.startswith("parent ")]
-    author = next((ln[7:] for ln in header if ln.startswith("author ")), "")
-    return author.split(" <", 1)[0], parents
+    parsed = parse_commit(found[1])
+    return parsed.author, parsed.parents
 
 
 def check_author(author: str, pusher: Actor, access: Access, commit: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.errors import LedgerError
-from reconciler.ledger import Ledger
+from reconciler.port import LedgerPort
 from reconciler.schema import HELD, Capability, Heartbeat, HeldJob, JobState, Status
 
 log = logging.getLogger("trainledger.worker")
@@ -46,7 +46,7 @@ def revocation(state: JobState | None, worker: str, attempt: int) -> str | None:
 class Beater(threading.Thread):
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: LedgerPort,
         worker: str,
         capability: Capability,
         slots: int,

@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import trailers, transitions
+from reconciler import transitions
 from reconciler.eligibility import EligibleJobs, choose_device, reasons
 from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
 from reconciler.identity import JobSpec
-from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
+from reconciler.lease import Lease
+from reconciler.ledger import Proposal, Snapshot, compute_backoff
 from reconciler.manifest import LoadedManifest
+from reconciler.port import LedgerPort
 from reconciler.schema import HELD, Artifact, Capability, Checkpoint, JobState, Status
 from reconciler.sdnotify import notify
 from reconciler.store import Store, pack_into
@@ -37,6 +39,7 @@ from worker.runner import Outcome, TrainerRun
 
 log = logging.getLogger("trainledger.worker")
 MAX_ERROR = 8000
+MakeStep = Callable[[JobState], transitions.Step]  # a fenced write: the move, given the state
 
 
 @dataclass
@@ -56,10 +59,16 @@ def event(kind: str, **fields: object) -> None:
 
 
 class Worker(PipelineSteps):
-    def __init__(self, config: WorkerConfig, ledger: Ledger, beat_ledger: Ledger,
+    """`ledger` and `beat_ledger` are LedgerPorts (the git Ledger, or
+    reconciler/memory.py's); `clock`, `sleep` and `runner` (TrainerRun's shape)
+    let a test drive `step()` on fake time with fake trainers."""
+
+    def __init__(self, config: WorkerConfig, ledger: LedgerPort, beat_ledger: LedgerPort,
                  store: Callable[[LoadedManifest], Store], capability: Capability,
                  rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 runner: Callable[..., TrainerRun] = TrainerRun) -> None:
         self.config = config
         self.name = config.name
         self.ledger = ledger
@@ -68,6 +77,8 @@ class Worker(PipelineSteps):
         self._store: Store | None = None
         self.rng = rng or random.Random()
         self.clock = clock
+        self.sleep = sleep
+        self._runner = runner
         self.runs: dict[str, TrainerRun] = {}
         self.checkpoints: dict[str, CheckpointDir] = {}  # by job id, while it runs here
         self.manifest: LoadedManifest | None = None
@@ -109,21 +120,28 @@ class Worker(PipelineSteps):
         try:
             while not self.stopping.is_set():
                 notify("WATCHDOG=1")
-                self._reap()
-                self._enforce_revocations()
-                self._save_checkpoints()
-                idle = self._maybe_claim()
-                if idle and not self.runs and self.config.exit_when_idle:
-                    event("idle-exit", worker=self.name)
-                    break
-                if (self.config.max_jobs is not None and not self.runs
-                        and self.claimed_total >= self.config.max_jobs):
+                if self.step():
                     break
                 self.exited.wait(self.config.poll_s if not self.runs else self._tick_s())
                 self.exited.clear()
         finally:
             self.teardown()
         return 0
+
+    def step(self) -> bool:
+        """One turn of the loop: record finished trainers, stop revoked ones,
+        save due checkpoints, claim into free slots. True when the worker should
+        exit (idle with --exit-when-idle, or --max-jobs claimed and done)."""
+        if self._reap():
+            self._yield_to_rivals()
+        self._enforce_revocations()
+        self._save_checkpoints()
+        idle = self._maybe_claim()
+        if idle and not self.runs and self.config.exit_when_idle:
+            event("idle-exit", worker=self.name)
+            return True
+        return (self.config.max_jobs is not None and not self.runs
+                and self.claimed_total >= self.config.max_jobs)
 
     def teardown(self) -> None:
         """Stop trainers, release held jobs (not counted against the budget), last beat."""
@@ -149,24 +167,25 @@ class Worker(PipelineSteps):
     def _fleet(self):
         return self.manifest.fleet if self.manifest else None
 
+    def _lease(self) -> Lease:
+        """Every deadline of this worker, from the manifest in force (lease.py)."""
+        return Lease.of(self._fleet())
+
     def _heartbeat_s(self) -> float:
-        fleet = self._fleet()
-        return fleet.heartbeat_s if fleet else 5.0
+        return self._lease().heartbeat_s
 
     def _tick_s(self) -> float:
-        return min(self.config.poll_s, self._heartbeat_s())
-
-    def _renew_deadline_s(self) -> float:
-        fleet = self._fleet()
-        return (fleet.stale_after_s if fleet else 600.0) * 2 / 3
+        return self._lease().worker_tick_s(self.config.poll_s)
 
     def _observe(self, snap: Snapshot) -> LoadedManifest | None:
         """Keep the last manifest that validated: a bad commit must not stop work."""
         if snap.manifest is not None:
             if snap.manifest is not self.manifest:  # the ledger caches it per blob id
-                fleet = snap.manifest.fleet
-                self.beater.ledger.push_timeout_s = min(60.0, max(2.0, fleet.stale_after_s / 3))
-                self.ledger.push_timeout_s = min(60.0, max(5.0, fleet.stale_after_s))
+                lease = Lease.of(snap.manifest.fleet)
+                self.beater.ledger.push_timeout_s = lease.beat_push_timeout_s
+                self.ledger.push_timeout_s = lease.write_push_timeout_s
+                if self.manifest is None or self.manifest.fleet != snap.manifest.fleet:
+                    self.beater.poke()  # a beat now, then on the manifest's own cadence
             self.manifest = snap.manifest
         return self.manifest
 
@@ -187,7 +206,7 @@ class Worker(PipelineSteps):
             free = min(free, self.config.max_jobs - self.claimed_total)
         if free <= 0 or self.stopping.is_set():
             return False
-        chosen: list[tuple[JobSpec, JobState]] = []
+        chosen: list[tuple[JobSpec, transitions.Step]] = []
         upstream: dict[str, dict[str, JobState]] = {}
 
         def build(snap: Snapshot) -> Proposal | None:
@@ -199,25 +218,21 @@ class Worker(PipelineSteps):
                 old = snap.states[spec.job_id]
                 if spec.after:
                     upstream[spec.job_id] = inputs_of(spec, snap.states)
-                chosen.append((spec, old.model_copy(update={
-                    "status": Status.CLAIMED, "attempt": old.attempt + 1, "holder": self.name,
-                    "last_error": None})))
+                chosen.append((spec, transitions.claim(old, self.name)))
             if not chosen:
                 return None
-            return Proposal.of_states(
-                [s for _, s in chosen],
-                [trailers.Change(s.job_id, s.name, s.attempt, "pending->claimed", "claim")
-                 for _, s in chosen])
+            return Proposal.of_steps([step for _, step in chosen])
 
         outcome = self._write(build, "claim")
         if outcome is None or outcome.commit is None:
             return outcome is not None
-        for spec, state in chosen:
-            event("claim", job=spec.name, attempt=state.attempt, worker=self.name,
+        for spec, step in chosen:
+            event("claim", job=spec.name, attempt=step.new.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
             self.claimed_total += 1
-            self._start(spec, state.attempt, state.checkpoint, upstream.get(spec.job_id, {}))
-        self._commit_start([(s.job_id, st.attempt) for s, st in chosen])
+            self._start(spec, step.new.attempt, step.new.checkpoint,
+                        upstream.get(spec.job_id, {}))
+        self._commit_start([(s.job_id, step.new.attempt) for s, step in chosen])
         self.beater.poke()
         return False
 
@@ -250,7 +265,7 @@ class Worker(PipelineSteps):
 
     def _write(self, build: Callable[[Snapshot], Proposal | None], what: str):
         try:
-            outcome = self.ledger.write(build, deadline_s=max(30.0, self._renew_deadline_s()))
+            outcome = self.ledger.write(build, deadline_s=self._lease().write_deadline_s)
         except LostRace as exc:
             event(f"{what}-gave-up", worker=self.name, lost_races=exc.lost_races)
             return None
@@ -277,8 +292,8 @@ class Worker(PipelineSteps):
         env = self._prepare(spec, attempt, attempt_dir, checkpoint, upstream or {})
         if env is None:
             return
-        run = TrainerRun(spec, attempt, attempt_dir, log_path,
-                         choose_device(spec, self.capability), self.exited, env)
+        run = self._runner(spec, attempt, attempt_dir, log_path,
+                           choose_device(spec, self.capability), self.exited, env)
         try:
             run.start(self.clock())
         except OSError as exc:
@@ -293,8 +308,7 @@ class Worker(PipelineSteps):
     def _commit_start(self, keys: list[tuple[str, int]]) -> None:
         keys = [(j, a) for j, a in keys if j in self.runs]
         written = self._fenced(
-            {j: (a, Status.CLAIMED, lambda s: s.model_copy(update={"status": Status.RUNNING}),
-                 "claimed->running", "start") for j, a in keys})
+            {j: (a, Status.CLAIMED, transitions.start) for j, a in keys})
         for job_id, attempt in keys:
             if job_id not in written and job_id in self.runs:
                 self._on_revoked(job_id, attempt, "lost before it started")
@@ -317,7 +331,7 @@ class Worker(PipelineSteps):
                 event("revoked", job=run.spec.name, attempt=attempt, reason=repr(why))
                 run.stop(why, grace_s=self.config.stop_grace_s)
                 self._forget(run)
-        if self.runs and self.clock() - self.beater.last_ok > self._renew_deadline_s():
+        if self.runs and self._lease().lease_lost(self.clock() - self.beater.last_ok):
             silent = self.clock() - self.beater.last_ok
             for run in list(self.runs.values()):
                 event("self-fence", job=run.spec.name, attempt=run.attempt,
@@ -328,12 +342,30 @@ class Worker(PipelineSteps):
                               count=False)
                 self._forget(run)
 
-    def _reap(self) -> None:
+    def _reap(self) -> int:
+        """Record every trainer that exited; how many."""
+        done = 0
         for run in list(self.runs.values()):
             outcome = run.poll(self.clock())
             if outcome.returncode is None:
                 continue
             self._record(run, outcome)
+            done += 1
+        return done
+
+    def _yield_to_rivals(self) -> None:
+        """Before claiming again after a result, pause a random fraction of two
+        pushes. Every write is a compare-and-swap on main, so a worker that
+        claims, starts and completes back to back keeps main moving; a rival
+        whose push is slower (a loaded host) then loses every race and backs
+        off ever longer while this one takes every job (seen: one of two
+        workers claimed all 20). The pause gives it a window; on a quiet
+        ledger a push costs ~0.05 s, so the pause is a fraction of that. It
+        never exceeds a heartbeat, so supervision (reaping, revocations) is
+        never later than a beat would make it anyway."""
+        cost = getattr(self.ledger, "push_cost_s", 0.0)
+        if cost > 0:
+            self.sleep(self.rng.uniform(0, min(2 * cost, self._heartbeat_s())))
 
     def _record(self, run: TrainerRun, outcome: Outcome) -> None:
         name, attempt = run.spec.name, run.attempt
@@ -358,11 +390,7 @@ class Worker(PipelineSteps):
             self._store_failed(run, exc)
             return
         written = self._fenced({run.spec.job_id: (
-            run.attempt, Status.RUNNING,
-            lambda s: s.model_copy(update={"status": Status.COMPLETED, "holder": None,
-                                           "artifact": artifact, "last_error": None,
-                                           "checkpoint": None}),
-            "running->completed", "complete")})
+            run.attempt, Status.RUNNING, lambda s: transitions.complete(s, artifact))})
         if run.spec.job_id in written:
             event("complete", job=run.spec.name, attempt=run.attempt, sha256=artifact.sha256,
                   size=artifact.size)
@@ -379,30 +407,24 @@ class Worker(PipelineSteps):
                 event("store-failed", job=run.spec.name, attempt=run.attempt, error=repr(str(exc)))
                 if attempt == tries - 1:
                     raise
-                time.sleep(compute_backoff(attempt + 2, rng=self.rng))
+                self.sleep(compute_backoff(attempt + 2, rng=self.rng))
         raise AssertionError("unreachable")
 
     def _store_failed(self, run: TrainerRun, exc: StoreError) -> None:
-        """The outputs could not be stored: give the job back, spending budget,
-        so a full store cannot loop forever."""
+        """The outputs could not be stored: give the job back spending one claim,
+        failed once the budget is spent (the sweep's rule), so a full store
+        cannot loop forever."""
         self._give_back(run.spec.job_id, run.attempt, Status.RUNNING,
                         f"store failed on {self.name}: {exc}")
         self._forget(run)
 
     def _give_back(self, job_id: str, attempt: int, status: Status | None, why: str) -> None:
-        """Pending again spending one claim of max_attempts, or failed once they
-        are spent: not the trainer's failure, but one that must not loop forever."""
-        fleet = self._fleet()
-        max_attempts = fleet.max_attempts if fleet else 3
+        """Not the trainer's failure, but one that must not loop forever: one claim
+        of max_attempts spent (pending again, or failed once they are spent)."""
+        max_attempts = self._lease().max_attempts
         error = why[:MAX_ERROR]
-
-        def give_back(s: JobState) -> JobState:
-            if s.lost + 1 >= max_attempts:
-                return s.model_copy(update={"status": Status.FAILED, "holder": None,
-                                            "last_error": error})
-            return s.model_copy(update={"status": Status.PENDING, "holder": None,
-                                        "lost": s.lost + 1, "last_error": error})
-        self._fenced({job_id: (attempt, status, give_back, None, "release")})
+        self._fenced({job_id: (
+            attempt, status, lambda s: transitions.give_back(s, error, max_attempts))})
 
     def _finish_failed(self, run: TrainerRun, error: str, trainer: bool = False) -> None:
         """A trainer failure (exit != 0, timeout, signal, unbundlable outputs) with
@@ -410,19 +432,17 @@ class Worker(PipelineSteps):
         error = error[-MAX_ERROR:]
         moved: dict[str, str] = {}
 
-        def make(s: JobState) -> tuple[JobState, trailers.Change]:
+        def make(s: JobState) -> transitions.Step:
             if trainer and s.failures < run.spec.retries:
-                new, change = transitions.retry(s, error)
+                step = transitions.retry(s, error)
             elif trainer:
-                new, change = transitions.fail_trainer(s, error)
+                step = transitions.fail_trainer(s, error)
             else:
-                new = s.model_copy(update={"status": Status.FAILED, "holder": None,
-                                           "last_error": error})
-                change = trailers.Change(s.job_id, s.name, s.attempt, "", "fail")
-            moved["meaning"], moved["failures"] = change.meaning, str(new.failures)
-            return new, change
+                step = transitions.fail(s, error)
+            moved["meaning"], moved["failures"] = step.move.value, str(step.new.failures)
+            return step
 
-        written = self._fenced({run.spec.job_id: (run.attempt, None, make, None, "fail")})
+        written = self._fenced({run.spec.job_id: (run.attempt, None, make)})
         if run.spec.job_id in written:
             event(moved["meaning"], job=run.spec.name, attempt=run.attempt,
                   failures=f"{moved['failures']}/{run.spec.retries}")
@@ -433,16 +453,10 @@ class Worker(PipelineSteps):
         """Give jobs back; a graceful release records the checkpoint it just saved."""
         saved = checkpoints or {}
 
-        def update(s: JobState, why: str) -> JobState:
-            new = s.model_copy(update={"status": Status.PENDING, "holder": None,
-                                       "lost": s.lost + (1 if count else 0), "last_error": why})
-            if (a := saved.get(s.job_id)) is not None:
-                new = new.model_copy(update={"checkpoint": Checkpoint(a.sha256, a.size,
-                                                                      s.attempt)})
-            return new
-
         self._fenced({
-            job_id: (attempt, None, lambda s, why=why: update(s, why), None, "release")
+            job_id: (attempt, None,
+                     lambda s, why=why: transitions.release(s, why, spend=count,
+                                                            checkpoint=saved.get(s.job_id)))
             for job_id, (attempt, why) in jobs.items()})
 
     def _forget(self, run: TrainerRun) -> None:
@@ -457,8 +471,8 @@ class Worker(PipelineSteps):
 
     # ---------------------------------------------------------- fenced writes
 
-    def _fenced(self, updates: dict[str, tuple]) -> set[str]:
-        """Write `make(state)` for each job still held by us at that attempt (and,
+    def _fenced(self, updates: dict[str, tuple[int, Status | None, MakeStep]]) -> set[str]:
+        """Write the move `make(state)` for each job still held by us at that attempt (and,
         if given, in that status); returns the jobs written. Retried (lost races,
         outages) for as long as our lease lives: once the heartbeat has been
         failing past the renew deadline, or the job was revoked, the reconciler
@@ -467,33 +481,25 @@ class Worker(PipelineSteps):
 
         def build(snap: Snapshot) -> Proposal | None:
             written.clear()
-            states, changes = [], []
-            for job_id, (attempt, status, make, label, meaning) in updates.items():
+            steps = []
+            for job_id, (attempt, status, make) in updates.items():
                 cur = snap.states.get(job_id)
                 if (cur is None or cur.holder != self.name or cur.attempt != attempt
                         or cur.status not in HELD or (status and cur.status is not status)):
                     continue
-                new = make(cur)
-                said = meaning
-                if isinstance(new, tuple):  # a transitions constructor: (state, change)
-                    new, change = new
-                    said = change.meaning
-                states.append(new)
-                changes.append(trailers.Change(
-                    job_id, new.name, attempt,
-                    label or f"{cur.status.value}->{new.status.value}", said))
+                steps.append(make(cur))
                 written.add(job_id)
-            return Proposal.of_states(states, changes) if states else None
+            return Proposal.of_steps(steps) if steps else None
 
         tries = 0
         while True:
             outcome = self._write(build, "record")
             if outcome is not None:
                 return written if outcome.commit else set()
-            lease_lost = self.clock() - self.beater.last_ok > self._renew_deadline_s()
+            lease_lost = self._lease().lease_lost(self.clock() - self.beater.last_ok)
             with self._lock:
                 revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
             if lease_lost or revoked or self._signals > 1:
                 return set()
-            time.sleep(compute_backoff(tries + 3, rng=self.rng))
+            self.sleep(compute_backoff(tries + 3, rng=self.rng))
             tries += 1

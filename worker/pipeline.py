@@ -98,8 +98,7 @@ class PipelineSteps:
             if artifact is not None:
                 updates[run.spec.job_id] = (
                     run.attempt, Status.RUNNING,
-                    lambda s, a=artifact: transitions.record_checkpoint(s, a.sha256, a.size),
-                    "running->running", "checkpoint")
+                    lambda s, a=artifact: transitions.record_checkpoint(s, a.sha256, a.size))
         if updates:
             for job_id in self._fenced(updates):
                 event("checkpoint", job=self.runs[job_id].spec.name if job_id in self.runs

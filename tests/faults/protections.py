@@ -36,9 +36,9 @@ class Mutation:
 MUTATIONS = [
     Mutation("worker_crash_loop", "the reconciler sweeps a claim silent for stale_after_s",
              "reconciler/plan.py",
-             "    if state.status not in HELD or now - obs.started_at < fleet.stale_after_s:\n"
-             "        return None\n    last = obs.last_sign(state)",
-             "    if True:\n        return None\n    last = obs.last_sign(state)"),
+             "    if state.status not in HELD:\n"
+             "        return None, None\n    last = obs.last_sign(state)",
+             "    if True:\n        return None, None\n    last = obs.last_sign(state)"),
     Mutation("worker_crash_loop", "a trainer dies with its worker (PR_SET_PDEATHSIG)",
              "worker/runner.py", "            preexec_fn=_set_pdeathsig,\n",
              "            preexec_fn=None,\n"),
@@ -56,11 +56,11 @@ MUTATIONS = [
              "suffices, so both are removed)", "worker/beat.py",
              "why = revocation(snap.states.get(h.job_id), self.worker, h.attempt)",
              "why = None",
-             also=(("worker/daemon.py", "if self.runs and self.clock() - self.beater.last_ok "
-                    "> self._renew_deadline_s():", "if False:"),)),
+             also=(("worker/daemon.py", "if self.runs and self._lease().lease_lost("
+                    "self.clock() - self.beater.last_ok):", "if False:"),)),
     Mutation("partition", "a holder without a beat for 2/3 stale_after_s stops its trainer "
              "(self-fence)", "worker/daemon.py",
-             "if self.runs and self.clock() - self.beater.last_ok > self._renew_deadline_s():",
+             "if self.runs and self._lease().lease_lost(self.clock() - self.beater.last_ok):",
              "if False:"),
     Mutation("ambiguous_push", "a push of unknown result is checked against the ledger "
              "(`landed`) before anything is retried", "reconciler/ledger.py",
@@ -81,9 +81,9 @@ MUTATIONS = [
              "state.status.value))",
              "        seen = self.held_seen.get((state.job_id, state.attempt, "
              "state.status.value))\n        seen = None if seen is None else seen - 3600",
-             also=(("reconciler/plan.py", "    if state.status not in HELD or now - "
-                    "obs.started_at < fleet.stale_after_s:\n        return None\n    last",
-                    "    if state.status not in HELD:\n        return None\n    last"),)),
+             also=(("reconciler/lease.py",
+                    "        return max(last_sign, started_at) + self.stale_after_s",
+                    "        return last_sign + self.stale_after_s"),)),
     Mutation("clock_skew", "liveness is judged on the reconciler's clock, never on a "
              "worker's timestamps", "reconciler/observe.py",
              "            obs.beat_seen[worker] = (record.sha, now)",

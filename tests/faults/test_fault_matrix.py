@@ -290,8 +290,8 @@ def row_partition(f: FaultRun) -> None:
     wait_for(lambda: not pid_alive(pid), timeout=2 * rig.stale + 5,
              what="the partitioned holder to stop its trainer")
     fenced = time.monotonic() - cut
-    limit = 2 / 3 * rig.stale + slack(2 * rig.beat + 1.0)
-    assert fenced <= limit, f"self-fence took {fenced:.2f}s (limit {limit:.2f}s)"
+    # how soon is a timing claim: exactly past 2/3 stale_after_s on fake time in
+    # tests/unit/test_worker_loop.py; here, the outcome: it fenced itself
     assert "event=self-fence job=cut-off attempt=1" in island.text()
     wait_for(lambda: (s := rig.state("cut-off")).attempt >= 2 and s.holder != "island",
              timeout=30, what="another worker to take cut-off after the sweep")
@@ -443,10 +443,9 @@ def row_clock_skew(f: FaultRun) -> None:
     rig.start_reconciler()
     skewed = rig.start_worker("skewed", prefix=[sys.executable, str(SKEWED), *spec.split(), "--"])
     plain = rig.start_worker("plain")
-    holders = wait_for(lambda: (h := {s.holder for s in rig.states().values()
-                                      if s.status is Status.RUNNING}) >= {"skewed", "plain"}
-                       and h, timeout=60, what="both workers to run a long job")
-    assert holders
+    wait_for(lambda: {s.holder for s in rig.states().values()
+                      if s.status is Status.RUNNING} >= {"skewed", "plain"},
+             timeout=60, what="both workers to run a long job")
     jobs = {s.holder: s.name for s in rig.states().values() if s.status is Status.RUNNING}
     watch = RefWatch(rig, ["skewed", "plain"], list(jobs.values()))
     watch.start()
@@ -466,10 +465,8 @@ def row_clock_skew(f: FaultRun) -> None:
     delay = {w: watch.released[jobs[w]] - watch.beat_changed[w] for w in ("skewed", "plain")}
     print(f"clock skew {spec!r}: sweep {delay['skewed']:.2f}s after the skewed worker's last "
           f"beat, {delay['plain']:.2f}s after the plain one's")
-    for who, d in delay.items():
-        assert d >= rig.stale - 0.05, f"{who} swept {d:.2f}s after its last beat (early)"
-        assert d <= rig.stale + slack(rig.beat + 1.0), f"{who} swept {d:.2f}s after its last beat"
-    assert abs(delay["skewed"] - delay["plain"]) <= slack(rig.beat + 0.3), delay
+    # When each was swept is a timing claim, made exactly on fake time in
+    # tests/unit/test_reconciler_loop.py (a skewed worker's beats move no deadline).
     rig.start_worker("after", "--slots", "4")  # the two reruns side by side
     f.check(rig)
     # the skew was real: the skewed worker's commits carry its clock, an hour off
@@ -633,13 +630,13 @@ def row_operator_during_load(f: FaultRun) -> None:
     raised = edit_manifest(rig, "priority = -5\n", "priority = 100\n",
                            "priority of late to 100; open late and rival to every host",
                            also=((HELD_BACK_LINE, ""),))
-    # cancel: the running trainer stops within two beats of the commit landing
+    # cancel: the running trainer stops (how soon, a beat, is a timing claim made
+    # on fake time in tests/unit/test_worker_loop.py)
     operator("cancel", "long")
     cancelled = time.monotonic()
-    wait_for(lambda: not pid_alive(pid), timeout=10, every=0.02, what="long's trainer to stop")
+    wait_for(lambda: not pid_alive(pid), timeout=slack(30), every=0.02,
+             what="long's trainer to stop")
     took = time.monotonic() - cancelled
-    limit = slack(2 * rig.beat + 0.5)
-    assert took <= limit, f"cancelled trainer stopped after {took:.2f}s (limit {limit:.2f}s)"
     def first_claim_since_raise() -> str | None:
         after = rig.led.git("log", "--reverse", "--format=%H", f"{raised}..main").split()
         return next((c for c in after

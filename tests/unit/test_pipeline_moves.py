@@ -36,7 +36,8 @@ def judge(old: JobState, new: JobState, actor: Actor = W1) -> str:
 
 def test_retry_is_the_holders_move_counting_one_failure() -> None:
     old = running(failures=1)
-    new, change = retry(old, "trainer exit 4")
+    step = retry(old, "trainer exit 4")
+    new, change = step.new, step.change
     assert (new.status, new.holder, new.failures, new.lost) == (Status.PENDING, None, 2, 0)
     assert (change.transition, change.meaning, change.attempt) == ("running->pending", "retry", 3)
     assert judge(old, new) == "retry"
@@ -50,14 +51,15 @@ def test_a_release_may_not_count_a_failure_and_a_retry_counts_exactly_one() -> N
                                    "last_error": "x"})
     with pytest.raises(IllegalTransition, match=r"retry: a retry counts one failure"):
         judge(old, twice)
-    silent = retry(old, "")[0]
+    silent = retry(old, "").new
     with pytest.raises(IllegalTransition, match="a retry says why"):
         judge(old, silent)
 
 
 def test_failing_with_no_retries_left_counts_the_failure() -> None:
     old = running(failures=1)
-    new, change = fail_trainer(old, "timeout after 2s (exit 0)")
+    step = fail_trainer(old, "timeout after 2s (exit 0)")
+    new, change = step.new, step.change
     assert new.status is Status.FAILED and new.failures == 2 and change.meaning == "fail"
     assert judge(old, new) == "fail"
     jump = new.model_copy(update={"failures": 5})
@@ -67,7 +69,8 @@ def test_failing_with_no_retries_left_counts_the_failure() -> None:
 
 def test_checkpoint_records_the_holders_own_attempt_and_nothing_else() -> None:
     old = running()
-    new, change = record_checkpoint(old, CK["sha256"], CK["size"])
+    step = record_checkpoint(old, CK["sha256"], CK["size"])
+    new, change = step.new, step.change
     assert new.checkpoint == Checkpoint(CK["sha256"], CK["size"], 3)
     assert (change.transition, change.meaning) == ("running->running", "checkpoint")
     assert judge(old, new) == "checkpoint"

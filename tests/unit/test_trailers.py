@@ -107,3 +107,37 @@ def test_git_reads_the_same_trailers(tmp_path: Path) -> None:
     assert log("--format=%H", f"--grep=Ledger-Job: {A.job_id}").strip() == sha
     assert trailers.changes_of(repo.commit_message(sha)) == trailers.changes_of(message)
     repo.close()
+
+
+HAND_TYPED = [
+    "claim x\n\nledger-job:aaaaaaaaaaaaaaaa\nLEDGER-ATTEMPT: 1\nLedger-Transition :  a->b\n",
+    "claim x\n\nbody\n\nLedger-Job: aaaaaaaaaaaaaaaa\nLedger-Attempt:\t2\n",
+    "claim x\n\nLedger-Job: aaaaaaaaaaaaaaaa\n  continued value\nLedger-Attempt: 3\n",
+    "claim x\n\nLedger-Job: aaaaaaaaaaaaaaaa\nnot a trailer line\n",
+    "claim x\n\nSigned-off-by: a <a@x>\nLedger-Job: aaaaaaaaaaaaaaaa\nfree text\n",
+    "Ledger-Job: aaaaaaaaaaaaaaaa\n",
+    "claim x\n\nLedger-Job: aaaaaaaaaaaaaaaa\n\n\n",
+    "claim x\r\n\r\nLedger-Job: aaaaaaaaaaaaaaaa\r\nLedger-Attempt: 4\r\n",
+]
+
+
+@pytest.mark.parametrize("message", HAND_TYPED)
+def test_hand_typed_trailers_read_as_git_reads_them(message: str) -> None:
+    """One reader, git's rules: `git interpret-trailers --parse` is the oracle."""
+    out = subprocess.run(["git", "interpret-trailers", "--parse"], input=message.encode(),
+                         capture_output=True, check=True).stdout.decode()
+    expected = []
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        expected.append((key.strip().lower(), value.strip()))
+    assert [(k.lower(), v) for k, v in trailers.parse_all(message)] == expected
+
+
+def test_keys_are_case_insensitive_and_the_kind_is_read() -> None:
+    message = "restore x\n\nledger-job: aaaaaaaaaaaaaaaa\nledger-attempt:2\n" \
+              "LEDGER-TRANSITION: running->claimed\nledger-kind: Restore\n"
+    assert trailers.changes_of(message) == [("aaaaaaaaaaaaaaaa", 2, "running->claimed")]
+    assert trailers.kind_of(message) == trailers.RESTORE
+    rendered = trailers.render("restore x", [A], "reconciler", kind=trailers.RESTORE)
+    assert trailers.kind_of(rendered) == "restore"
+    assert trailers.kind_of(trailers.render("claim", [A], "w1")) is None

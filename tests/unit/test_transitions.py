@@ -204,8 +204,18 @@ def test_a_release_keeps_the_budget_or_spends_one_claim(new_lost: int, legal: bo
 def test_a_worker_failing_its_job_spends_no_budget() -> None:
     old = st(R, lost=1)
     assert check_transition(old, to(old, FAIL, last_error="exit 1"), W1, max_attempts=MAX)
-    with pytest.raises(IllegalTransition, match="lost may not change"):
+    with pytest.raises(IllegalTransition, match="budget not spent"):
         check_transition(old, to(old, FAIL, lost=2), W1, max_attempts=MAX)
+    with pytest.raises(IllegalTransition, match="keeps the budget or spends one claim"):
+        check_transition(old, to(old, FAIL, lost=3), W1, max_attempts=MAX)
+
+
+def test_a_worker_may_fail_a_job_spending_its_last_claim() -> None:
+    """A store failure on the last claim the budget allows (transitions.give_back):
+    the same rule as a sweep's, so the job fails with lost == max_attempts."""
+    old = st(R, lost=MAX - 1)
+    verdict = check_transition(old, to(old, FAIL, lost=MAX), W1, max_attempts=MAX)
+    assert (verdict.label, verdict.meaning) == ("running->failed", "fail")
 
 
 # ------------------------------------------------------------------------ sweeps
