@@ -32,6 +32,8 @@ COMMANDS = {
     "fsck": ("reconciler.fsck", "check bundles, history and the repository"),
     "enroll": ("reconciler.enroll", "print or install a host's authorized_keys line"),
     "fetch-artifact": ("reconciler.fetch", "download and safely unpack a job's bundle"),
+    "results": ("reconciler.results", "completed jobs with their hyper and metrics, sorted"),
+    "logs": ("reconciler.logs", "a job's whole log from the store; a running job's latest lines"),
 }
 
 

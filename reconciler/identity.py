@@ -44,6 +44,7 @@ class JobSpec:
     command: tuple[str, ...]
     workdir: str | None
     timeout_s: float | None
+    env: dict[str, str] = field(default_factory=dict, hash=False)  # [trainers.X] env
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -114,4 +115,5 @@ def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0) -> J
         command=tuple(trainer.command),
         workdir=trainer.workdir,
         timeout_s=trainer.timeout_s,
+        env=trainer.env,  # one dict per trainer, shared by its jobs
     )

@@ -47,6 +47,9 @@ def _same(old: JobState, new: JobState, *fields: str) -> str | None:
     return None
 
 
+RESULT = ("metrics", "metrics_error", "log")  # written only by a worker's complete or fail
+
+
 def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:
     if old.holder != actor.name:
         return f"held by {old.holder} (attempt {old.attempt}), not {actor.name}"
@@ -60,11 +63,11 @@ def _claim(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | No
         return f"a claim must raise the attempt by one ({old.attempt} -> {old.attempt + 1})"
     if new.holder != actor.name:
         return f"a worker claims only for itself (holder {new.holder}, pusher {actor.name})"
-    return _same(old, new, "lost", "cpu_ok")
+    return _same(old, new, "lost", "cpu_ok", *RESULT)
 
 
 def _start(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
-    return _fenced(old, new, actor) or _same(old, new, "holder", "lost", "cpu_ok")
+    return _fenced(old, new, actor) or _same(old, new, "holder", "lost", "cpu_ok", *RESULT)
 
 
 def _finish(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:

@@ -320,16 +320,36 @@ def usable_cores(limits: CgroupLimits) -> int:
 # ------------------------------------------------------------------ detection
 
 
-def detect_capability() -> Capability:
-    """This host as it is now. Never raises for a missing GPU, torch or cgroup."""
+def _memory(limits: CgroupLimits) -> tuple[int, int]:
+    """(total, available) bytes, capped by the cgroup's memory limit."""
     mem = psutil.virtual_memory()
-    limits = cgroup_limits()
     total, available = mem.total, mem.available
     if limits.memory_bytes is not None:
         total = min(total, limits.memory_bytes)
         if limits.memory_used_bytes is not None:
             available = min(available, limits.memory_bytes - limits.memory_used_bytes)
-    available = min(max(available, 0), total)
+    return total, min(max(available, 0), total)
+
+
+def refresh_capability(cap: Capability) -> Capability:
+    """`cap` with available RAM and each device's free VRAM read again: cheap
+    (/proc, cgroup files, one nvidia-smi call; never torch), so a worker asks
+    before each claim decision and each heartbeat. A device nvidia-smi does not
+    report keeps its last figure."""
+    total, available = _memory(cgroup_limits())
+    update: dict[str, Any] = {"ram_total_gib": _gib(total), "ram_available_gib": _gib(available)}
+    if cap.cuda_devices:
+        fresh = {d.index: d for d in nvidia_smi_devices()}
+        update["cuda_devices"] = [
+            d.model_copy(update={"vram_free_gib": fresh[d.index].vram_free_gib})
+            if d.index in fresh else d for d in cap.cuda_devices]
+    return cap.model_copy(update=update)
+
+
+def detect_capability() -> Capability:
+    """This host as it is now. Never raises for a missing GPU, torch or cgroup."""
+    limits = cgroup_limits()
+    total, available = _memory(limits)
     devices = cuda_devices()
     physical = psutil.cpu_count(logical=False)
     return Capability(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import trailers
-from reconciler.eligibility import EligibleJobs, choose_device, reasons
+from reconciler.eligibility import EligibleJobs, reasons
 from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
 from reconciler.identity import JobSpec
 from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
@@ -29,8 +29,12 @@ from reconciler.manifest import LoadedManifest
 from reconciler.schema import HELD, Artifact, Capability, JobState, Status
 from reconciler.sdnotify import notify
 from reconciler.store import Store, pack_into
+from worker import reaper
 from worker.beat import Beater, Held
+from worker.metrics import read_metrics, store_log
+from worker.resources import Reservation, Resources, place, reservation
 from worker.runner import Outcome, TrainerRun
+from worker.tipmanifest import last_valid_manifest
 
 log = logging.getLogger("trainledger.worker")
 MAX_ERROR = 8000
@@ -45,6 +49,7 @@ class WorkerConfig:
     exit_when_idle: bool = False
     max_jobs: int | None = None
     stop_grace_s: float = 10.0
+    pass_env: tuple[str, ...] = ()  # --pass-env globs
 
 
 def event(kind: str, **fields: object) -> None:
@@ -54,13 +59,15 @@ def event(kind: str, **fields: object) -> None:
 
 class Worker:
     def __init__(self, config: WorkerConfig, ledger: Ledger, beat_ledger: Ledger,
-                 store: Callable[[LoadedManifest], Store], capability: Capability,
+                 store: Callable[[LoadedManifest], Store], capability: Capability | Resources,
                  rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.name = config.name
         self.ledger = ledger
-        self.capability = capability
+        self.resources = capability if isinstance(capability, Resources) \
+            else Resources(capability)
+        self.capability = self.resources.measured()  # what the last claim decision judged by
         self._store_factory = store
         self._store: Store | None = None
         self.rng = rng or random.Random()
@@ -76,7 +83,8 @@ class Worker:
         self._unreachable_since: float | None = None
         self._eligible_jobs = EligibleJobs()
         self._eligible_at: tuple[object, ...] | None = None  # (revision, manifest, capability)
-        self.beater = Beater(beat_ledger, self.name, capability, config.slots, self._held,
+        self._manifest_error: str | None = None
+        self.beater = Beater(beat_ledger, self.name, self._judged, config.slots, self._held,
                              self._on_revoked, self._heartbeat_s, clock)
 
     # ------------------------------------------------------------ lifecycle
@@ -100,6 +108,7 @@ class Worker:
 
     def run(self) -> int:
         """Until stopped, or idle with --exit-when-idle, or --max-jobs claimed."""
+        self._kill_leftovers()
         self.beater.start()
         notify("READY=1")
         try:
@@ -119,6 +128,15 @@ class Worker:
         finally:
             self.teardown()
         return 0
+
+    def _kill_leftovers(self) -> None:
+        """What a SIGKILLed predecessor on this state dir left running (its
+        shepherds fence their trees, but a shepherd can be killed too): killed
+        before the first claim, so a swept job never trains twice here."""
+        killed = reaper.kill_fenced(reaper.state_token(self.config.state_dir))
+        if killed:
+            log.warning("event=leftovers-killed worker=%s pids=%s", self.name,
+                        ",".join(map(str, sorted(set(killed)))))
 
     def teardown(self) -> None:
         """Stop trainers, release held jobs (not counted against the budget), last beat."""
@@ -153,7 +171,22 @@ class Worker:
         return (fleet.stale_after_s if fleet else 600.0) * 2 / 3
 
     def _observe(self, snap: Snapshot) -> LoadedManifest | None:
-        """Keep the last manifest that validated: a bad commit must not stop work."""
+        """Keep the last manifest that validated: a bad commit must not stop work.
+        A worker that starts on a broken tip looks back in history for it, as the
+        reconciler does, and says so once per error."""
+        if snap.manifest is None and snap.manifest_error != self._manifest_error:
+            self._manifest_error = snap.manifest_error
+            if snap.manifest_error:
+                found = None if self.manifest else last_valid_manifest(self.ledger, snap.revision)
+                if found is not None:
+                    self.manifest = found[0]
+                log.warning("event=manifest-error worker=%s error=%r acting_on=%s", self.name,
+                            snap.manifest_error.splitlines()[0],
+                            "the last valid manifest" + (f" (commit {found[1][:12]})"
+                                                         if found else "")
+                            if self.manifest else "nothing: no valid manifest in history")
+        elif snap.manifest is not None:
+            self._manifest_error = None
         if snap.manifest is not None:
             if snap.manifest is not self.manifest:  # the ledger caches it per blob id
                 fleet = snap.manifest.fleet
@@ -180,14 +213,24 @@ class Worker:
         if free <= 0 or self.stopping.is_set():
             return False
         chosen: list[tuple[JobSpec, JobState]] = []
+        devices: dict[str, int | None] = {}
+        self.capability = self._judged()
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
             loaded = self._observe(snap)
             if loaded is None:
                 return None
-            for spec in self._eligible(loaded, snap).pick(free, self.rng, skip=self.runs):
+            host = loaded.manifest.hosts.get(self.name)
+            cap = self.capability
+            # more candidates than slots: one may no longer fit after the others
+            for spec in self._eligible(loaded, snap).pick(free * 2, self.rng, skip=self.runs):
+                if len(chosen) == free:
+                    break
                 old = snap.states[spec.job_id]
+                if reasons(spec, old, self.name, host, cap):  # the claim's earlier jobs took it
+                    continue
+                devices[spec.job_id], cap = place(spec, cap)
                 chosen.append((spec, old.model_copy(update={
                     "status": Status.CLAIMED, "attempt": old.attempt + 1, "holder": self.name,
                     "last_error": None})))
@@ -205,7 +248,7 @@ class Worker:
             event("claim", job=spec.name, attempt=state.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
             self.claimed_total += 1
-            self._start(spec, state.attempt)
+            self._start(spec, state.attempt, devices.get(spec.job_id))
         self._commit_start([(s.job_id, st.attempt) for s, st in chosen])
         self.beater.poke()
         return False
@@ -220,7 +263,7 @@ class Worker:
         host = loaded.manifest.hosts.get(self.name)
         last = self._eligible_at
         if last is not None and last[0] == snap.base and last[1] is loaded \
-                and last[2] is self.capability:
+                and last[2] == self.capability:
             ids: Iterable[str] = snap.changed
         else:
             self._eligible_jobs = EligibleJobs()
@@ -255,13 +298,21 @@ class Worker:
 
     # -------------------------------------------------------------------- run
 
-    def _start(self, spec: JobSpec, attempt: int) -> None:
+    def _judged(self) -> Capability:
+        """Fresh figures less what our running jobs reserve (worker/resources.py)."""
+        return self.resources.now(self._reservations())
+
+    def _reservations(self) -> list[Reservation]:
+        return [reservation(r.spec, r.device) for r in list(self.runs.values())]
+
+    def _start(self, spec: JobSpec, attempt: int, device: int | None = None) -> None:
         attempt_dir = self.config.state_dir / "jobs" / f"{spec.job_id}-{attempt}"
         if attempt_dir.exists():
             shutil.rmtree(attempt_dir)
         log_path = self.config.state_dir / "logs" / f"{spec.name}-{spec.job_id}-{attempt}.log"
-        run = TrainerRun(spec, attempt, attempt_dir, log_path,
-                         choose_device(spec, self.capability), self.exited)
+        run = TrainerRun(spec, attempt, attempt_dir, log_path, device, self.exited,
+                         pass_env=self.config.pass_env,
+                         fence=reaper.run_token(self.config.state_dir, spec.job_id, attempt))
         try:
             run.start(self.clock())
         except OSError as exc:
@@ -283,8 +334,8 @@ class Worker:
                 self._on_revoked(job_id, attempt, "lost before it started")
 
     def _held(self) -> list[Held]:
-        return [Held(r.spec.job_id, r.spec.name, r.attempt, r.progress, r.last_line)
-                for r in list(self.runs.values())]
+        return [Held(r.spec.job_id, r.spec.name, r.attempt, r.progress, r.last_line,
+                     r.tail_lines(), r.device) for r in list(self.runs.values())]
 
     def _on_revoked(self, job_id: str, attempt: int, why: str) -> None:
         with self._lock:
@@ -327,7 +378,19 @@ class Worker:
             self._finish_completed(run)
         else:
             event("trainer-failed", job=name, attempt=attempt, reason=repr(outcome.reason))
-            self._finish_failed(run, f"trainer {outcome.reason}; log tail:\n{run.log_tail()}")
+            line = run.error_line()
+            self._finish_failed(run, f"trainer {outcome.reason}" + (f": {line}" if line else "")
+                                + f"\nlog tail:\n{run.log_tail()}")
+
+    def _store_log(self, run: TrainerRun):
+        """The attempt's whole log in the store; None (and an event) if it cannot
+        go there: a lost log never costs the job its result."""
+        try:
+            return store_log(self.store(), run.log_path, run.dir, run.attempt)
+        except (StoreError, BundleError, OSError, LedgerError) as exc:
+            event("log-store-failed", job=run.spec.name, attempt=run.attempt,
+                  error=repr(str(exc)))
+            return None
 
     def _finish_completed(self, run: TrainerRun) -> None:
         try:
@@ -339,10 +402,17 @@ class Worker:
         except StoreError as exc:
             self._store_failed(run, exc)
             return
+        metrics, metrics_error = read_metrics(run.output_dir)
+        if metrics_error:
+            event("metrics-ignored", job=run.spec.name, attempt=run.attempt,
+                  reason=repr(metrics_error))
+        log_ref = self._store_log(run)
         written = self._fenced({run.spec.job_id: (
             run.attempt, Status.RUNNING,
             lambda s: s.model_copy(update={"status": Status.COMPLETED, "holder": None,
-                                           "artifact": artifact, "last_error": None}),
+                                           "artifact": artifact, "last_error": None,
+                                           "metrics": metrics, "metrics_error": metrics_error,
+                                           "log": log_ref}),
             "running->completed", "complete")})
         if run.spec.job_id in written:
             event("complete", job=run.spec.name, attempt=run.attempt, sha256=artifact.sha256,
@@ -381,10 +451,16 @@ class Worker:
         self._forget(run)
 
     def _finish_failed(self, run: TrainerRun, error: str) -> None:
+        log_ref = self._store_log(run) if run.log_path.exists() else None
+        if len(error) > MAX_ERROR:  # keep the first line (the error) and the tail
+            head, _, rest = error.partition("\n")
+            head = head[:MAX_ERROR // 4]
+            error = head + "\n" + rest[-(MAX_ERROR - len(head) - 1):]
         written = self._fenced({run.spec.job_id: (
             run.attempt, None,
             lambda s: s.model_copy(update={"status": Status.FAILED, "holder": None,
-                                           "last_error": error[-MAX_ERROR:]}),
+                                           "last_error": error, "metrics": None,
+                                           "metrics_error": None, "log": log_ref}),
             None, "fail")})
         if run.spec.job_id in written:
             event("fail", job=run.spec.name, attempt=run.attempt)
