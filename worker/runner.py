@@ -221,6 +221,8 @@ class TrainerRun:
                 if len(pending) > 65536:  # no line end for 64 KiB: take it as a line
                     self._line(pending, False)
                     pending = b""
+                elif pending:  # a bar drawn as `\r 45%|...` stays unterminated until the
+                    self._line(pending, True)  # next redraw: show it now, replace it then
             if pending:
                 self._line(pending, False)
         if self._exited is not None:
