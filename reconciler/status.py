@@ -198,13 +198,15 @@ def render(doc: dict[str, Any]) -> str:
         name = j["name"] + (" (orphan)" if j["orphan"] else "")
         lines.append(f"{name:<26} {j['job_id'][:8]:<9} {j['status']:<10} {j['attempt']:>3} "
                      f"{j['holder'] or '':<14} {seen:>5} {prog:>8} {art:<12} {err}")
-    lines += ["", f"{'WORKER':<16} {'SEEN':>6} {'CORES':>5} {'RAM':>7}  GPUS / JOBS"]
+    # free figures as the worker judged them: measured, less what its jobs reserve
+    lines += ["", f"{'WORKER':<16} {'SEEN':>6} {'CORES':>5} {'RAM FREE':>9}  GPUS FREE / JOBS"]
     for w in doc["workers"]:
-        gpus = ", ".join(f"{g['name']} {g['vram_free_gib']:.0f}/{g['vram_total_gib']:.0f}G"
+        gpus = ", ".join(f"{g['name']} {g['vram_free_gib']:g}/{g['vram_total_gib']:g}G"
                          for g in w["gpus"]) or "no GPU"
-        ram = f"{w['ram_total_gib']:.0f}G" if w["ram_total_gib"] else "?"
+        ram = (f"{w['ram_available_gib']:.0f}/{w['ram_total_gib']:.0f}G"
+               if w["ram_total_gib"] else "?")
         lines.append(f"{w['name']:<16} {w['last_seen_s']:>5.0f}s {w['cpu_cores'] or '?':>5} "
-                     f"{ram:>7}  {gpus}; {len(w['jobs'])} job(s)"
+                     f"{ram:>9}  {gpus}; {len(w['jobs'])} job(s)"
                      + ("" if w["live"] else "  [not live]"))
     if doc["unschedulable"]:
         lines += ["", "pending jobs no live worker can take:"]

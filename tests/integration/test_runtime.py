@@ -257,3 +257,36 @@ def test_a_worker_on_a_broken_tip_works_from_the_last_valid_manifest(tmp_path: P
     # Then it ran the job of the last valid manifest and said why
     assert by_name(fleet)["ok"].status is Status.COMPLETED
     assert "event=manifest-error" in w.text() and "the last valid manifest" in w.text()
+
+
+def test_status_and_explain_show_the_free_figures_they_judged_by(tmp_path: Path) -> None:
+    # Given a worker running one 16 GiB job on its one 24 GiB device, and a second waiting
+    jobs = [{"name": f"big-{i}", "seed": i, "min_vram_gib": 16.0, "priority": 1 - i,
+             "hyper": {"mode": "tqdm", "seconds": 300}} for i in range(2)]
+    fleet = runtime_fleet(tmp_path, jobs)
+    cap = {**CUDA_CAPABILITY, "cuda_devices": [
+        {"index": 0, "name": "Fake24", "vram_total_gib": 24.0, "vram_free_gib": 24.0}]}
+    w = fleet.start_worker("alpha", "--slots", "2", capability=cap)
+    try:
+        def judged_8():
+            doc = read_status(fleet.url)
+            workers = [x for x in doc["workers"] if x["name"] == "alpha" and x["jobs"]]
+            return doc if workers and workers[0]["gpus"][0]["vram_free_gib"] == 8.0 else None
+        # Then status shows 8 of 24 GiB free (what the worker judges by), and why the
+        # second job waits
+        doc = wait_for(judged_8, timeout=60, what="status to show 8 GiB free")
+        assert "Fake24 8/24G" in render(doc)
+        cap_file = tmp_path / "cap.json"
+        cap_file.write_text(json.dumps(cap))
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "explain", "--ledger", fleet.url, "--name",
+             "alpha", "--capability", str(cap_file), "--state-dir", str(tmp_path / "explain"),
+             "--json"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["judged_by"]["gpus"][0]["vram_free_gib"] == 8.0
+        [row] = [r for r in out["jobs"] if r["name"] == "big-1"]
+        assert row["reasons"] == ["needs 16.0 GiB free VRAM, best device has 8.0"]
+        assert len(by_name(fleet)) == 2 and by_name(fleet)["big-1"].status is Status.PENDING
+    finally:
+        w.stop()

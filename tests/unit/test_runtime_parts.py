@@ -67,7 +67,7 @@ def test_unset_result_fields_leave_a_state_file_as_it_was() -> None:
 
 
 def test_a_state_with_a_non_finite_metric_is_refused() -> None:
-    with pytest.raises(StateError, match="metrics.loss"):
+    with pytest.raises(StateError, match=r"metrics\.loss"):
         JobState(job_id="0" * 16, name="j", status=Status.PENDING, metrics={"loss": float("inf")})
 
 
