@@ -53,7 +53,6 @@ METRICS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "maxProperties": 64,
     "propertyNames": {"pattern": METRIC_KEY},
-    "properties": {},
     "additionalProperties": {"anyOf": [{"type": "number"},
                                        {"type": "string", "maxLength": 256}]},
     "description": "The trainer's metrics.json: a flat object of finite numbers and short "
@@ -148,7 +147,7 @@ def check(value: Any, schema: dict[str, Any], where: str = "") -> None:
     if kind == "object":
         if not isinstance(value, dict):
             raise StateError(f"field {where or '(file)'!r}: expected an object", field=where)
-        props = schema["properties"]
+        props = schema.get("properties", {})  # none: a map whose values all match `extra`
         extra = schema.get("additionalProperties", False)
         if len(value) > schema.get("maxProperties", len(value)):
             raise StateError(f"field {where!r}: more than {schema['maxProperties']} keys",
