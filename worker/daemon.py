@@ -38,6 +38,7 @@ from worker.tipmanifest import last_valid_manifest
 
 log = logging.getLogger("trainledger.worker")
 MAX_ERROR = 8000
+BEAT_TAIL_TOTAL = 24 * 1024  # log lines carried by one heartbeat, all jobs together
 
 
 @dataclass
@@ -334,8 +335,10 @@ class Worker:
                 self._on_revoked(job_id, attempt, "lost before it started")
 
     def _held(self) -> list[Held]:
+        runs = list(self.runs.values())
+        budget = BEAT_TAIL_TOTAL // max(1, len(runs))  # the hook caps a beat at 64 KiB
         return [Held(r.spec.job_id, r.spec.name, r.attempt, r.progress, r.last_line,
-                     r.tail_lines(), r.device) for r in list(self.runs.values())]
+                     r.tail_lines(max_bytes=min(4096, budget)), r.device) for r in runs]
 
     def _on_revoked(self, job_id: str, attempt: int, why: str) -> None:
         with self._lock:

@@ -238,6 +238,15 @@ def test_tqdm_progress_shows_in_status_and_logs_prints_the_running_lines(tmp_pat
         assert proc.returncode == 0, proc.stderr
         # each \r redraw replaced the one before: one line, the latest
         assert proc.stdout.splitlines() == [" 45%|####      | 45/100 [00:01<00:02]"]
+        # -f follows until the attempt ends (here: the worker shuts down and releases it)
+        out, err = tmp_path / "follow.out", tmp_path / "follow.err"
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli", "logs", "bar", "-f", "--ledger", fleet.url],
+            stdout=out.open("w"), stderr=err.open("w"))
+        wait_for(lambda: "45%|" in out.read_text(), timeout=60, what="follow to print the bar")
+        w.stop()
+        assert follow.wait(60) == 0
+        assert "attempt 1 ended (pending)" in err.read_text()
     finally:
         w.stop()
 
