@@ -339,11 +339,24 @@ def refresh_capability(cap: Capability) -> Capability:
     total, available = _memory(cgroup_limits())
     update: dict[str, Any] = {"ram_total_gib": _gib(total), "ram_available_gib": _gib(available)}
     if cap.cuda_devices:
-        fresh = {d.index: d for d in nvidia_smi_devices()}
-        update["cuda_devices"] = [
-            d.model_copy(update={"vram_free_gib": fresh[d.index].vram_free_gib})
-            if d.index in fresh else d for d in cap.cuda_devices]
+        fresh = nvidia_smi_devices()
+        update["cuda_devices"] = [_fresh_figure(d, fresh) for d in cap.cuda_devices]
     return cap.model_copy(update=update)
+
+
+def _fresh_figure(device: CudaDevice, fresh: list[CudaDevice]) -> CudaDevice:
+    """nvidia-smi numbers devices by PCI bus, torch (which detected them) may
+    number them fastest first: match on the same index and name, else on a name
+    and size only one device has; no match keeps the last figure."""
+    same = [f for f in fresh if f.name == device.name
+            and abs(f.vram_total_gib - device.vram_total_gib) < 0.5]
+    match = next((f for f in same if f.index == device.index), None)
+    if match is None and len(same) == 1:
+        match = same[0]
+    if match is None:
+        return device
+    return device.model_copy(update={"vram_free_gib": min(match.vram_free_gib,
+                                                          device.vram_total_gib)})
 
 
 def detect_capability() -> Capability:

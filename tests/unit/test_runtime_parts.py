@@ -233,3 +233,17 @@ def test_results_sort_by_metric_then_hyper_missing_last() -> None:
     assert [r["name"] for r in sort_rows(rows, "loss", desc=True)] == ["d", "a", "c", "b"]
     by_hyper = [row("x", {}, {"lr": 0.2}), row("y", {}, {"lr": 0.1})]
     assert [r["name"] for r in sort_rows(by_hyper, "lr")] == ["y", "x"]
+
+
+def test_a_fresh_vram_figure_is_matched_to_its_device() -> None:
+    from reconciler.schema import CudaDevice
+    from worker.capability import _fresh_figure
+
+    a = CudaDevice(index=0, name="A100", vram_total_gib=80.0, vram_free_gib=80.0)
+    b = CudaDevice(index=1, name="T4", vram_total_gib=16.0, vram_free_gib=16.0)
+    # nvidia-smi lists them the other way round (PCI order)
+    smi = [b.model_copy(update={"index": 0, "vram_free_gib": 3.0}),
+           a.model_copy(update={"index": 1, "vram_free_gib": 50.0})]
+    assert _fresh_figure(a, smi).vram_free_gib == 50.0
+    assert _fresh_figure(b, smi).vram_free_gib == 3.0
+    assert _fresh_figure(a, []).vram_free_gib == 80.0  # nothing read: keep the last figure
