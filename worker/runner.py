@@ -265,6 +265,7 @@ class TrainerRun:
                 self.stop(f"timeout after {timeout:g}s", grace_s=5.0, counts_as_failure=True)
                 return self.poll(now)
             return Outcome(None, "running")
+        self._kill_fenced()  # a shepherd killed outright could not fence its tree itself
         if self._reader:
             self._reader.join(timeout=5)
         if self._stop_reason is not None and not self._stop_reason.startswith("timeout"):
