@@ -109,7 +109,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
         data = read_log(url, ref, state_dir)
     finally:
         ledger.close()
-    sys.stdout.buffer.write(data)
+    out = getattr(sys.stdout, "buffer", None)  # bytes as stored; text where stdout has no buffer
+    if out is not None:
+        out.write(data)
+    else:
+        sys.stdout.write(data.decode("utf-8", "replace"))
     sys.stdout.flush()
     return 0
 
