@@ -223,18 +223,26 @@ class Worker:
             if loaded is None:
                 return None
             host = loaded.manifest.hosts.get(self.name)
-            cap = self.capability
-            # more candidates than slots: one may no longer fit after the others
-            for spec in self._eligible(loaded, snap).pick(free * 2, self.rng, skip=self.runs):
-                if len(chosen) == free:
+            eligible = self._eligible(loaded, snap)
+            cap, considered, refused = self.capability, set(self.runs), 0
+            # each job placed reserves its VRAM/RAM, so a later one of the same claim may
+            # no longer fit; only then is a second, wider pick made (pick's randomness
+            # among equals is what keeps racing workers apart: keep it for the rest)
+            for want in (free, free * 2):
+                for spec in eligible.pick(want, self.rng, skip=considered):
+                    if len(chosen) == free:
+                        break
+                    considered.add(spec.job_id)
+                    old = snap.states[spec.job_id]
+                    if reasons(spec, old, self.name, host, cap):
+                        refused += 1
+                        continue
+                    devices[spec.job_id], cap = place(spec, cap)
+                    chosen.append((spec, old.model_copy(update={
+                        "status": Status.CLAIMED, "attempt": old.attempt + 1,
+                        "holder": self.name, "last_error": None})))
+                if len(chosen) == free or not refused:
                     break
-                old = snap.states[spec.job_id]
-                if reasons(spec, old, self.name, host, cap):  # the claim's earlier jobs took it
-                    continue
-                devices[spec.job_id], cap = place(spec, cap)
-                chosen.append((spec, old.model_copy(update={
-                    "status": Status.CLAIMED, "attempt": old.attempt + 1, "holder": self.name,
-                    "last_error": None})))
             if not chosen:
                 return None
             return Proposal.of_states(
