@@ -168,6 +168,7 @@ class TrainerRun:
         self.fence = fence
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._redraw = False  # the tail's last line ended with \r: the next replaces it
+        self._tail_lock = threading.Lock()  # the reader writes, the heartbeat thread reads
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._stop_reason: str | None = None
@@ -231,10 +232,13 @@ class TrainerRun:
     def _line(self, raw: bytes, redraw: bool) -> None:
         line = raw.decode("utf-8", "replace").rstrip()
         if not line:
+            if not redraw:  # a bare \n (a \r\n split across reads) ends the drawn line
+                self._redraw = False
             return
-        if self._redraw and self._tail:
-            self._tail.pop()
-        self._tail.append(line[:MAX_LINE * 4])
+        with self._tail_lock:
+            if self._redraw and self._tail:
+                self._tail.pop()
+            self._tail.append(line[:MAX_LINE * 4])
         self._redraw = redraw
         self.last_line = line[:MAX_LINE]
         value = parse_progress(line)
@@ -245,7 +249,7 @@ class TrainerRun:
         """The latest lines for the heartbeat, each cut to MAX_LINE, at most max_bytes."""
         out: list[str] = []
         size = 0
-        for line in reversed(list(self._tail)[-n:]):
+        for line in reversed(self._lines()[-n:]):
             line = line[:MAX_LINE]
             size += len(line.encode()) + 1
             if size > max_bytes:
@@ -253,8 +257,12 @@ class TrainerRun:
             out.append(line)
         return out[::-1]
 
+    def _lines(self) -> list[str]:
+        with self._tail_lock:
+            return list(self._tail)
+
     def error_line(self) -> str | None:
-        return meaningful_line(list(self._tail))
+        return meaningful_line(self._lines())
 
     def poll(self, now: float) -> Outcome:
         assert self._proc is not None
@@ -307,4 +315,4 @@ class TrainerRun:
             os.killpg(self._proc.pid, sig)
 
     def log_tail(self, limit: int = LOG_TAIL_BYTES) -> str:
-        return "\n".join(self._tail)[-limit:]
+        return "\n".join(self._lines())[-limit:]

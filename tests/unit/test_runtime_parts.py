@@ -247,3 +247,24 @@ def test_a_fresh_vram_figure_is_matched_to_its_device() -> None:
     assert _fresh_figure(a, smi).vram_free_gib == 50.0
     assert _fresh_figure(b, smi).vram_free_gib == 3.0
     assert _fresh_figure(a, []).vram_free_gib == 80.0  # nothing read: keep the last figure
+
+
+def test_the_reader_splits_at_cr_and_a_redraw_replaces_the_line_before(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from worker.runner import TrainerRun
+
+    # a real pipe, written in pieces: a \r\n split across writes, tqdm redraws, and a
+    # bar left undrawn-over at the end
+    script = ("import sys, time\nw = sys.stdout.buffer\n"
+              "for part in [b'loading\\r', b'\\nepoch 1\\n', b'\\r 10%|#  |', b'\\r 45%|####|',"
+              " b'\\rdone\\n', b'\\r 99%|#########|']:\n"
+              "    w.write(part); w.flush(); time.sleep(0.02)\n")
+    run = TrainerRun(spec(), 1, tmp_path / "a", tmp_path / "a.log")
+    run._proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    run._read()
+    assert run._proc.wait(timeout=30) == 0
+    assert run._lines() == ["loading", "epoch 1", "done", " 99%|#########|"]
+    assert run.progress == 0.99 and run.last_line == " 99%|#########|"
+    assert (tmp_path / "a.log").read_bytes().count(b"\r") == 5  # the log keeps the bytes
