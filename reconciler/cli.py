@@ -10,9 +10,9 @@ import argparse
 import importlib
 import importlib.util
 import json
-import logging
 import os
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from reconciler.errors import LedgerError
@@ -32,6 +32,10 @@ COMMANDS = {
     "fsck": ("reconciler.fsck", "check bundles, history and the repository"),
     "enroll": ("reconciler.enroll", "print or install a host's authorized_keys line"),
     "fetch-artifact": ("reconciler.fetch", "download and safely unpack a job's bundle"),
+    "workers": ("reconciler.workers", "each worker: last beat, live, draining, jobs, resources"),
+    "health": ("reconciler.health", "0 healthy, 1 degraded, 2 reconciler down (for monitors)"),
+    "report": ("reconciler.report", "write a self-contained HTML fleet report (index.html)"),
+    "completion": ("reconciler.cli", "print a bash or zsh completion script"),
     "results": ("reconciler.results", "completed jobs with their hyper and metrics, sorted"),
     "logs": ("reconciler.logs", "a job's whole log from the store; a running job's latest lines"),
 }
@@ -117,6 +121,13 @@ def cmd_install_hooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from reconciler.completion import script
+
+    print(script(args.full_parser(), args.shell), end="")
+    return 0
+
+
 def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "init":
         parser.add_argument("dir", help="new, empty directory for the bare ledger")
@@ -133,6 +144,11 @@ def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("which", nargs="?", default="manifest",
                             choices=["manifest", "state", "capability"])
         parser.set_defaults(func=cmd_schema)
+    elif name == "completion":
+        from reconciler.completion import configure
+
+        configure(parser, "reconciler")
+        parser.set_defaults(func=cmd_completion)
     elif name == "install-hooks":
         parser.add_argument("clone", nargs="?", default=".",
                             help="an operator's clone: installs the pre-commit hook")
@@ -142,37 +158,78 @@ def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- main
 
 
-def build_parser(prog: str = "reconciler") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="trainledger reconciler and tools")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+ALL = "*"
+
+
+def chosen_command(argv: list[str] | None, commands: Iterable[str]) -> str | None:
+    """The subcommand named in argv (the first word that is one), so only its
+    module is imported: `reconciler --help` imports no subcommand at all."""
+    names = set(commands)
+    for word in sys.argv[1:] if argv is None else argv:
+        if word in names:
+            return word
+    return None
+
+
+def build_parser(prog: str = "reconciler", only: str | None = ALL) -> argparse.ArgumentParser:
+    """The parser; subcommands other than `only` get their name and help but no
+    flags (they are never parsed in this process). ALL configures every one."""
+    from reconciler.cliutil import EXIT_CODES, add_common_top, common_parent, version
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="trainledger reconciler and tools", epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_top(parser, version())
+    common = common_parent()
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         if importlib.util.find_spec(module_name) is None:
             continue  # a command whose module this build does not ship
-        child = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module_name).configure_parser(name, child)
+        child = sub.add_parser(name, help=help_text, description=help_text, parents=[common],
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        if only in (ALL, name):
+            importlib.import_module(module_name).configure_parser(name, child)
+            add_examples(prog, name, child)
     return parser
 
 
-def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+def add_examples(prog: str, name: str, child: argparse.ArgumentParser) -> None:
+    from reconciler.cliutil import EXIT_CODES
+    from reconciler.examples import EXAMPLES
+
+    lines = EXAMPLES.get((prog, name))
+    if lines and not child.epilog:
+        child.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines) \
+            + "\n\n" + EXIT_CODES
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None,
+             full_parser: Callable[[], argparse.ArgumentParser] | None = None) -> int:
     """Parse, set up logging, run the command: an expected failure is one line
-    naming the command (exit 1), never a traceback."""
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    naming the command (exit 1), never a traceback; a closed pipe (`| head`)
+    and Ctrl-C end every command quietly, here and only here."""
+    from reconciler.cliutil import quiet_broken_pipe, setup_logging
+
     try:
-        return int(args.func(args) or 0)
+        args = parser.parse_args(argv)
+        args.full_parser = full_parser or (lambda: parser)
+        setup_logging(args.verbose, args.log_format)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader gone before the last write
+        return code
     except LedgerError as exc:
         print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except KeyboardInterrupt:
+        print(file=sys.stderr)
         return 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(build_parser(), argv)
+    only = chosen_command(argv, COMMANDS)
+    return dispatch(build_parser(only=only), argv, lambda: build_parser(only=ALL))
 
 
 if __name__ == "__main__":

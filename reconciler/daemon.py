@@ -97,6 +97,9 @@ class Reconciler:
         self.due_at: float | None = None  # next time rule deadline, on our clock
         self.seq = 0
         self._last_gc = clock()
+        # called after every pass with its snapshot (--metrics-file, --report-dir);
+        # a hook that fails is logged and never fails the pass
+        self.after_pass: list[Callable[[Reconciler, Snapshot], None]] = []
 
     # ---------------------------------------------------------------- a pass
 
@@ -114,6 +117,12 @@ class Reconciler:
                      action.new.attempt, action.reason)
         self.report.lost_races += applied.lost_races
         self._update_report(applied.snapshot, len(applied.actions))
+        for hook in self.after_pass:
+            try:
+                hook(self, applied.snapshot)
+            except Exception as exc:
+                log.warning("event=after-pass-failed hook=%s error=%s", type(hook).__name__,
+                            (str(exc) or repr(exc)).splitlines()[0])
         return list(applied.actions)
 
     def _decide(self, snap: Snapshot) -> list[Action]:
@@ -347,9 +356,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     log.info("event=reconciler-start ledger=%s state_dir=%s pid=%s", args.ledger, state_dir,
              os.getpid())
+    reconciler = Reconciler(ledger)
+    if args.metrics_file:
+        from reconciler.metrics import MetricsFile
+
+        reconciler.after_pass.append(MetricsFile(args.metrics_file,
+                                                 state_dir / "metrics-timeline.json"))
+    if args.report_dir:
+        from reconciler.report import ReportDir
+
+        reconciler.after_pass.append(ReportDir(args.report_dir,
+                                               state_dir / "report-timeline.json"))
     try:
-        return run(Reconciler(ledger), once=args.once, tick_s=args.tick_s, stop=stop,
-                   dirty=dirty)
+        return run(reconciler, once=args.once, tick_s=args.tick_s, stop=stop, dirty=dirty)
     finally:
         try:
             ledger.save_parsed(parsed)
@@ -362,6 +381,14 @@ def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
     add_ledger_arg(parser)
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument("--state-dir", type=Path, help="the reconciler's cache dir")
-    parser.add_argument("--tick-s", type=float, help="seconds between timed passes")
+    from reconciler.cliutil import positive_float
+
+    parser.add_argument("--tick-s", type=positive_float, help="seconds between timed passes")
+    parser.add_argument("--metrics-file", type=Path, metavar="PATH",
+                        help="Prometheus text file (node_exporter textfile collector), "
+                             "rewritten atomically after every pass")
+    parser.add_argument("--report-dir", type=Path, metavar="DIR",
+                        help="rewrite DIR/index.html (`reconciler report`) after each pass "
+                             "that changed the ledger, and at least once a minute")
     parser.add_argument("--identity", default="reconciler", help="the reconciler's identity")
     parser.set_defaults(func=cmd_run)

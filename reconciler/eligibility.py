@@ -73,6 +73,9 @@ def job_reasons(spec: JobSpec, state: JobState | None) -> list[str]:
 def host_reasons(spec: JobSpec, worker: str, host: Host | None) -> list[str]:
     """The host's [hosts.<worker>] policy and the job's allowed/denied hosts."""
     out = []
+    if host is not None and (host.drain or host.retired):
+        out.append(f"[hosts.{worker}] {'retired' if host.retired else 'drain'} = true: "
+                   "it claims nothing more")
     if host is not None and host.allow_jobs and not _matches(spec, host.allow_jobs):
         out.append(f"[hosts.{worker}] allow_jobs {host.allow_jobs} matches neither name "
                    f"{spec.name!r} nor model {spec.model!r}")

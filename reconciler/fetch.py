@@ -127,7 +127,10 @@ def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
     add_ledger_arg(parser)
     parser.add_argument("--store", help="store path or ssh:// URL (default: the manifest's)")
     parser.add_argument("--state-dir", help="where the ledger cache and ssh socket live")
-    parser.add_argument("--max-members", type=int, help="refuse a bundle with more members")
-    parser.add_argument("--max-bytes", type=int,
+    from reconciler.cliutil import positive_int
+
+    parser.add_argument("--max-members", type=positive_int,
+                        help="refuse a bundle with more members")
+    parser.add_argument("--max-bytes", type=positive_int,
                         help="refuse a bundle that unpacks to more bytes")
     parser.set_defaults(func=cmd_fetch)

@@ -87,7 +87,10 @@ def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
         parser.set_defaults(func=cmd_show)
     else:
         parser.add_argument("job", nargs="?", help="only this job")
-        parser.add_argument("--limit", type=int, default=200)
+        from reconciler.cliutil import positive_int
+
+        parser.add_argument("--limit", type=positive_int, default=200,
+                            help="at most this many commits (default 200)")
         parser.set_defaults(func=cmd_log)
     add_ledger_arg(parser)
     parser.add_argument("--json", action="store_true")

@@ -520,11 +520,11 @@ class Ledger:
 
 def _parsed_key() -> str:
     """What a saved parse depends on: the code of the classes it pickles."""
-    here = Path(__file__).parent
-    digest = hashlib.sha256()
-    for name in ("ledger.py", "state.py", "schema.py", "manifest.py", "identity.py",
-                 "access.py"):
-        digest.update((here / name).read_bytes())
+    from reconciler import access, identity, manifest, schema, state
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for module in (state, schema, manifest, identity, access):
+        digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()
 
 

@@ -152,6 +152,13 @@ class Host(StrictTypes):
     )
     priority: int = Field(0, ge=-1_000_000, le=1_000_000, description="Informational host rank.")
     description: str = Field("", max_length=1024, description="Free text for operators.")
+    drain: bool = Field(
+        False, description="Finish the jobs it runs, claim nothing more (status: draining, "
+        "then drained)."
+    )
+    retired: bool = Field(
+        False, description="Gone for good: claims nothing and leaves status, workers and health."
+    )
 
 
 class JobFields(StrictTypes):
@@ -303,6 +310,6 @@ def export_schemas(docs: Path) -> list[Path]:
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised by the drift test
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent.parent / "docs"
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs")
     for p in export_schemas(out):
         print(p)

@@ -25,6 +25,7 @@ from reconciler.errors import LedgerError
 from reconciler.ledger import HeartbeatRecord, Ledger, Snapshot
 from reconciler.manifest import LoadedManifest
 from reconciler.state import Status
+from reconciler.timeline import Timeline, read_timeline
 
 ORDER = [s.value for s in Status]
 DEFAULT_STALE_S = 600.0
@@ -58,15 +59,20 @@ def reconciler_report(beats: Mapping[str, HeartbeatRecord]) -> dict[str, Any] | 
 
 
 def worker_rows(beats: Mapping[str, HeartbeatRecord], report: dict[str, Any] | None,
-                stale_s: float, now: float) -> list[dict[str, Any]]:
-    """One row per worker heartbeat ref. Liveness on one clock: the reconciler's,
-    as of its last pass (plus the time since that pass), when one reports; the
-    heartbeat's own commit time (the worker's clock) only without it."""
+                stale_s: float, now: float, loaded: LoadedManifest | None = None
+                ) -> list[dict[str, Any]]:
+    """One row per worker heartbeat ref, leaving out hosts the manifest retires.
+    Liveness on one clock: the reconciler's, as of its last pass (plus the time
+    since that pass), when one reports; the heartbeat's own commit time (the
+    worker's clock) only without it. `drain` is "draining" while a host with
+    `drain = true` still runs jobs, "drained" once it runs none."""
     judged = (report or {}).get("workers") or {}
+    hosts = loaded.manifest.hosts if loaded else {}
     since_pass = max(0.0, now - float((report or {}).get("last_pass_at") or now))
     rows = []
     for name, rec in sorted(beats.items()):
-        if name == "reconciler":
+        host = hosts.get(name)
+        if name == "reconciler" or (host is not None and host.retired):
             continue
         seen = float(judged[name]) + since_pass if name in judged \
             else max(0.0, now - rec.commit_time)
@@ -83,12 +89,19 @@ def worker_rows(beats: Mapping[str, HeartbeatRecord], report: dict[str, Any] | N
             "gpus": [{"name": d.name, "vram_total_gib": d.vram_total_gib,
                       "vram_free_gib": d.vram_free_gib} for d in cap.cuda_devices] if cap else [],
             "error": rec.error,
+            "drain": None if host is None or not host.drain
+            else ("draining" if beat and beat.jobs else "drained"),
         })
     return rows
 
 
-def job_rows(snap: Snapshot, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per state file, in manifest order (orphans last)."""
+def job_rows(snap: Snapshot, workers: list[dict[str, Any]], timeline: Timeline | None = None,
+             now: float | None = None) -> list[dict[str, Any]]:
+    """One row per state file, in manifest order (orphans last). Times (epoch
+    seconds) are of the job's current attempt, from history: commit times, so
+    each is the clock of whoever wrote that commit (reconciler/timeline.py)."""
+    last = timeline.last_by_job() if timeline is not None else {}
+    now = time.time() if now is None else now
     specs = snap.manifest.specs if snap.manifest else {}
     held = {(h["job_id"], h["attempt"], w["name"]): (h, w["last_seen_s"])
             for w in workers for h in w["held"]}
@@ -108,8 +121,22 @@ def job_rows(snap: Snapshot, workers: list[dict[str, Any]]) -> list[dict[str, An
             "progress": beat["progress"] if beat else None,
             "last_line": beat["last_line"] if beat else None,
             "last_seen_s": seen, "orphan": spec is None,
+            **_times(last.get(job_id), state.attempt, now),
         })
     return rows
+
+
+def _times(att: Any, attempt: int, now: float) -> dict[str, Any]:
+    """claimed/started/ended/elapsed of the job's current attempt (none before
+    its first claim); last_host: who ran it last."""
+    if att is None or att.attempt != attempt:
+        return {"claimed_at": None, "started_at": None, "ended_at": None, "elapsed_s": None,
+                "last_host": att.host if att is not None else None}
+    elapsed = att.elapsed_s(now)
+    return {"claimed_at": att.claimed_at, "started_at": att.started_at,
+            "ended_at": att.ended_at,
+            "elapsed_s": None if elapsed is None else round(elapsed, 1),
+            "last_host": att.host}
 
 
 def unschedulable(snap: Snapshot, loaded: LoadedManifest | None,
@@ -133,13 +160,15 @@ def unschedulable(snap: Snapshot, loaded: LoadedManifest | None,
     return out
 
 
-def collect(snap: Snapshot, beats: Mapping[str, HeartbeatRecord], now: float) -> dict[str, Any]:
-    """The status document, from one snapshot and the heartbeat refs."""
+def collect(snap: Snapshot, beats: Mapping[str, HeartbeatRecord], now: float,
+            timeline: Timeline | None = None) -> dict[str, Any]:
+    """The status document, from one snapshot, the heartbeat refs and (for the
+    times) the timeline of main's history."""
     loaded = snap.manifest
     stale = loaded.fleet.stale_after_s if loaded else DEFAULT_STALE_S
     report = reconciler_report(beats)
-    workers = worker_rows(beats, report, stale, now)
-    jobs = job_rows(snap, workers)
+    workers = worker_rows(beats, report, stale, now, loaded)
+    jobs = job_rows(snap, workers, timeline, now)
     counts = dict.fromkeys(ORDER, 0)
     for job in jobs:
         counts[job["status"]] += 1
@@ -155,6 +184,9 @@ def collect(snap: Snapshot, beats: Mapping[str, HeartbeatRecord], now: float) ->
         "stray_paths": list(snap.stray_paths),
         "reconciler": None if rec is None else {
             "last_seen_s": round(max(0.0, now - rec.commit_time), 1), "report": report},
+        "retired_workers": sorted(n for n, h in (loaded.manifest.hosts.items() if loaded else [])
+                                  if h.retired and n in beats),
+        "stale_after_s": stale,
     }
 
 
@@ -182,32 +214,74 @@ def render_reconciler(rec: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def render(doc: dict[str, Any]) -> str:
+def _stamp(epoch: float | None) -> str:
+    return time.strftime("%m-%d %H:%M:%S", time.gmtime(epoch)) if epoch else ""
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def job_table(jobs: list[dict[str, Any]], wide: bool = False) -> list[str]:
+    """The jobs as columns sized to their content; -o wide adds the model, the
+    three times (UTC) and the artifact."""
+    from reconciler.cliutil import error_line, table
+
+    head = ["JOB", "ID", "STATUS", "ATT", "HOST", "ELAPSED", "PROGRESS"]
+    if wide:
+        head += ["MODEL", "CLAIMED", "STARTED", "ENDED", "SEEN", "ARTIFACT"]
+    head.append("ERROR")
+    rows = []
+    for j in jobs:
+        row = [j["name"] + (" (orphan)" if j["orphan"] else ""), j["job_id"][:8], j["status"],
+               str(j["attempt"]), j["holder"] or j.get("last_host") or "",
+               _duration(j.get("elapsed_s")),
+               f"{j['progress']:.0%}" if j["progress"] is not None else ""]
+        if wide:
+            row += [j["model"] or "", _stamp(j.get("claimed_at")), _stamp(j.get("started_at")),
+                    _stamp(j.get("ended_at")),
+                    f"{j['last_seen_s']:.0f}s" if j["last_seen_s"] is not None else "",
+                    j["artifact"]["sha256"][:12] if j["artifact"] else ""]
+        row.append(error_line(j["last_error"], 1000 if wide else 60))
+        rows.append(row)
+    return table(head, rows, right={"ATT", "ELAPSED", "PROGRESS", "SEEN"})
+
+
+def worker_state(w: dict[str, Any]) -> str:
+    state = "live" if w["live"] else "not live"
+    return f"{state}, {w['drain']}" if w.get("drain") else state
+
+
+def worker_table(workers: list[dict[str, Any]]) -> list[str]:
+    from reconciler.cliutil import table
+
+    rows = []
+    for w in workers:
+        gpus = ", ".join(f"{g['name']} {g['vram_free_gib']:.0f}/{g['vram_total_gib']:.0f}G"
+                         for g in w["gpus"]) or "no GPU"
+        ram = (f"{w['ram_available_gib']:.0f}/{w['ram_total_gib']:.0f}G"
+               if w["ram_total_gib"] else "?")
+        rows.append([w["name"], worker_state(w), f"{w['last_seen_s']:.0f}s",
+                     str(w["cpu_cores"] or "?"), ram, str(len(w["jobs"])), gpus])
+    return table(["WORKER", "STATE", "SEEN", "CORES", "RAM", "JOBS", "GPUS"], rows,
+                 right={"SEEN", "CORES", "RAM", "JOBS"})
+
+
+def render(doc: dict[str, Any], wide: bool = False) -> str:
     lines = [f"ledger at {doc['revision'][:12]}: " + ", ".join(
         f"{n} {s}" for s, n in doc["counts"].items() if n)]
     if doc["manifest_error"]:
         lines.append(f"MANIFEST ERROR: {doc['manifest_error']}")
     lines += render_reconciler(doc["reconciler"])
-    lines += ["", f"{'JOB':<26} {'ID':<9} {'STATUS':<10} {'ATT':>3} {'HOLDER':<14} "
-                  f"{'SEEN':>5} {'PROGRESS':>8} {'ARTIFACT':<12} ERROR"]
-    for j in doc["jobs"]:
-        prog = f"{j['progress']:.0%}" if j["progress"] is not None else ""
-        seen = f"{j['last_seen_s']:.0f}s" if j["last_seen_s"] is not None else ""
-        art = j["artifact"]["sha256"][:12] if j["artifact"] else ""
-        err = (j["last_error"] or "").splitlines()[0][:60] if j["last_error"] else ""
-        name = j["name"] + (" (orphan)" if j["orphan"] else "")
-        lines.append(f"{name:<26} {j['job_id'][:8]:<9} {j['status']:<10} {j['attempt']:>3} "
-                     f"{j['holder'] or '':<14} {seen:>5} {prog:>8} {art:<12} {err}")
-    # free figures as the worker judged them: measured, less what its jobs reserve
-    lines += ["", f"{'WORKER':<16} {'SEEN':>6} {'CORES':>5} {'RAM FREE':>9}  GPUS FREE / JOBS"]
-    for w in doc["workers"]:
-        gpus = ", ".join(f"{g['name']} {g['vram_free_gib']:g}/{g['vram_total_gib']:g}G"
-                         for g in w["gpus"]) or "no GPU"
-        ram = (f"{w['ram_available_gib']:.0f}/{w['ram_total_gib']:.0f}G"
-               if w["ram_total_gib"] else "?")
-        lines.append(f"{w['name']:<16} {w['last_seen_s']:>5.0f}s {w['cpu_cores'] or '?':>5} "
-                     f"{ram:>9}  {gpus}; {len(w['jobs'])} job(s)"
-                     + ("" if w["live"] else "  [not live]"))
+    lines += ["", *job_table(doc["jobs"], wide)]
+    lines += ["", *worker_table(doc["workers"])]
+    if doc.get("retired_workers"):
+        lines.append(f"retired (hidden): {', '.join(doc['retired_workers'])}")
     if doc["unschedulable"]:
         lines += ["", "pending jobs no live worker can take:"]
         lines += [f"  {u['name']}: {'; '.join(u['reasons'])}" for u in doc["unschedulable"]]
@@ -216,37 +290,68 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_status(url: str) -> dict[str, Any]:
-    """Fetch, snapshot (from the parse saved last time) and collect."""
-    with cached_ledger(url, "status") as ledger:
+def read_status(url: str, role: str = "status") -> dict[str, Any]:
+    """Fetch, snapshot (from the parse saved last time) and collect, with the
+    times from the timeline (read incrementally, cached beside the clone).
+    Each `role` has its own cache, so a monitor's `health` never waits on a
+    person's `status --watch`."""
+    with cached_ledger(url, role) as ledger:
         tip = ledger.fetch(heartbeats=True)
         if tip is None:
             raise LedgerError(f"{url}: the ledger has no main branch (run `reconciler init`)")
         snap = ledger.snapshot(tip)
-        return collect(snap, ledger.heartbeats(), time.time())
+        cache = cache_for(url, role)
+        timeline = read_timeline(ledger.repo, snap.revision,
+                                 cache.with_name(cache.name + ".timeline.json"))
+        return collect(snap, ledger.heartbeats(), time.time(), timeline)
+
+
+def select(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The document with only the jobs (and workers) the selectors match;
+    `counts` stays the whole ledger's, `selected` counts what is shown."""
+    from reconciler.selectors import has_selector, row_matches
+
+    if not (has_selector(args) or args.names):
+        return doc
+    jobs = [j for j in doc["jobs"] if row_matches(j, args, args.names)]
+    workers = doc["workers"]
+    if args.worker:
+        from fnmatch import fnmatchcase
+
+        workers = [w for w in workers if any(fnmatchcase(w["name"], p) for p in args.worker)]
+    return {**doc, "jobs": jobs, "workers": workers, "selected": len(jobs)}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    first = True
     while True:
-        doc = read_status(args.ledger)
+        doc = select(read_status(args.ledger), args)
         if args.json:  # indented for a person, compact (and ~10x faster) for a script
             text = json.dumps(doc, sort_keys=True, indent=2 if sys.stdout.isatty() else None)
         else:
-            text = render(doc)
-        if args.watch:
-            sys.stdout.write("\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n")
-        try:
-            print(text, flush=True)
-        except BrokenPipeError:  # `reconciler status | head`
-            sys.stderr.close()
-            return 0
+            text = render(doc, wide=args.output == "wide")
+        if args.watch and sys.stdout.isatty():
+            sys.stdout.write("\x1b[2J\x1b[H")
+        elif args.watch and not first:
+            sys.stdout.write("\n")  # piped: frames apart, the first line is the first frame's
+        first = False
+        print(text, flush=True)  # a closed pipe (`| head`) ends quietly in cli.dispatch
         if not args.watch:
             return 0
         time.sleep(args.watch)
 
 
 def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
+    from reconciler.cliutil import positive_float
+    from reconciler.selectors import add_selector_args
+
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="only jobs whose name matches (a glob) or whose id starts so")
     add_ledger_arg(parser)
     parser.add_argument("--json", action="store_true", help="the stable JSON document")
-    parser.add_argument("--watch", type=float, metavar="S", help="refresh every S seconds")
+    parser.add_argument("--watch", type=positive_float, metavar="S",
+                        help="refresh every S seconds")
+    parser.add_argument("-o", "--output", choices=["wide"],
+                        help="wide: also the model, claim/start/end times (UTC) and artifact")
+    add_selector_args(parser)
     parser.set_defaults(func=cmd_status)

@@ -9,10 +9,21 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from reconciler.cli import add_ledger_arg, dispatch, state_dir_default
+from reconciler.cli import add_examples, add_ledger_arg, dispatch, state_dir_default
+from reconciler.cliutil import (
+    EXIT_CODES,
+    add_common_top,
+    common_parent,
+    positive_float,
+    positive_int,
+    version,
+)
 from reconciler.errors import LedgerError
-from reconciler.schema import Capability
+
+if TYPE_CHECKING:  # pydantic costs ~120 ms: `worker --help` does not load it
+    from reconciler.schema import Capability
 
 
 def _capability(args: argparse.Namespace) -> Capability:
@@ -150,11 +161,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="worker", description="trainledger worker")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="worker", description="trainledger worker",
+                                     epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_top(parser, version())
+    common = common_parent()
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="claim and train jobs until stopped")
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        child = sub.add_parser(name, help=help_text, description=help_text, parents=[common],
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_examples("worker", name, child)
+        return child
+
+    run = add("run", "claim and train jobs until stopped")
     add_ledger_arg(run)
     run.add_argument("--name", default=socket.gethostname().split(".")[0],
                      help="this worker's name (default: hostname)")
@@ -162,28 +182,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--capability", type=Path, help="JSON capability instead of detection")
     run.add_argument("--exit-when-idle", action="store_true",
                      help="exit 0 once nothing is eligible and nothing is running")
-    run.add_argument("--poll-s", type=float, default=2.0, help="seconds between polls")
-    run.add_argument("--slots", type=int, default=1, help="jobs run at once")
-    run.add_argument("--max-jobs", type=int, help="exit after claiming this many jobs")
+    run.add_argument("--poll-s", type=positive_float, default=2.0,
+                     help="seconds between polls")
+    run.add_argument("--slots", type=positive_int, default=1, help="jobs run at once")
+    run.add_argument("--max-jobs", type=positive_int, help="exit after claiming this many jobs")
     run.add_argument("--state-dir", type=Path, help="cache, logs and outputs")
     run.add_argument("--pass-env", action="append", metavar="PATTERN",
                      help="pass this worker's variables matching the glob to trainers "
                           "(repeatable; also $TRAINLEDGER_PASS_ENV); the way for secrets")
     run.set_defaults(func=cmd_run)
 
-    cap = sub.add_parser("capability", help="what this host can run")
+    cap = add("capability", "what this host can run")
     cap.add_argument("--json", action="store_true")
     cap.add_argument("--capability", type=Path, help="read this JSON instead of detecting")
     cap.set_defaults(func=cmd_capability)
 
-    exp = sub.add_parser("explain", help="for every pending job: may this host take it, why not")
+    exp = add("explain", "for every pending job: may this host take it, why not")
     add_ledger_arg(exp)
     exp.add_argument("--name", default=socket.gethostname().split(".")[0])
     exp.add_argument("--capability", type=Path)
     exp.add_argument("--state-dir", type=Path)
     exp.add_argument("--json", action="store_true")
     exp.set_defaults(func=cmd_explain)
+
+    from reconciler.completion import configure
+
+    comp = add("completion", "print a bash or zsh completion script")
+    configure(comp, "worker")
+    comp.set_defaults(func=cmd_completion)
     return parser
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from reconciler.completion import script
+
+    print(script(args.full_parser(), args.shell), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
