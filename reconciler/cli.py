@@ -36,6 +36,8 @@ COMMANDS = {
     "health": ("reconciler.health", "0 healthy, 1 degraded, 2 reconciler down (for monitors)"),
     "report": ("reconciler.report", "write a self-contained HTML fleet report (index.html)"),
     "completion": ("reconciler.cli", "print a bash or zsh completion script"),
+    "results": ("reconciler.results", "completed jobs with their hyper and metrics, sorted"),
+    "logs": ("reconciler.logs", "a job's whole log from the store; a running job's latest lines"),
 }
 
 

@@ -1,9 +1,10 @@
 """`reconciler fsck`: bundles, history and the repository, checked.
 
 - every completed job's bundle, and every checkpoint a state records, exists
-  and re-hashes to its name; unreferenced bundles and leftover store temp files
-  are listed; checkpoints no state references any more are removed with `--fix`
-  once an hour old;
+  and re-hashes to its name; unreferenced bundles (a job's last log bundle
+  counts as referenced; older attempts' logs are named only in history) and
+  leftover store temp files are listed; checkpoints no state references any
+  more are removed with `--fix` once an hour old;
 - `git fsck` of a local ledger; stale `refs/**.lock` files (after a power loss
   they block pushes) are reported, and removed with `--fix` once older than a
   minute and open in no process;
@@ -64,6 +65,8 @@ def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path, fix: b
                 missing.append({"job": state.name, "sha256": sha, "kind": kind})
             elif not store.verify(sha):
                 corrupt.append({"job": state.name, "sha256": sha, "kind": kind})
+        if state.log is not None:  # the last finished attempt's log bundle
+            referenced.add(state.log.sha256)
     out: dict[str, Any] = {"store": url, "referenced": len(referenced), "missing": missing,
                            "corrupt": corrupt}
     if isinstance(store, LocalStore):
