@@ -89,10 +89,11 @@ def fetch_artifact(ledger_url: str, job: str, dest: Path, store_url: str | None,
     if state.status is not Status.COMPLETED or state.artifact is None:
         raise LedgerError(f"job {state.name} ({state.job_id}) is {state.status.value}: "
                           "only a completed job has an artifact")
-    url = store_url or (snap.manifest.fleet.store if snap.manifest else None)
-    if not url:
-        raise LedgerError("no store: pass --store or set [fleet] store in the manifest")
+    from reconciler.storeurl import describe_store, resolve
+
+    url = resolve(store_url, snap.manifest.fleet.store if snap.manifest else None, ledger_url)
     store = open_store(url, state_dir)
+    print(f"reading bundle {state.artifact.sha256[:12]} from {describe_store(store)}", flush=True)
     art = state.artifact
     with tempfile.TemporaryDirectory(prefix="fetch-", dir=state_dir) as tmp:
         bundle = download(store, art.sha256, art.size, Path(tmp))

@@ -43,9 +43,12 @@ LOCK_AGE_S = 60.0
 def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path, fix: bool = False,
                   now: float = 0.0) -> dict[str, Any]:
     snap = ledger.snapshot()
-    url = store_url or (snap.manifest.fleet.store if snap.manifest else None)
-    if not url:
+    from reconciler.storeurl import resolve
+
+    manifest_store = snap.manifest.fleet.store if snap.manifest else None
+    if not store_url and not manifest_store:
         return {"skipped": "no store: pass --store or set [fleet] store"}
+    url = resolve(store_url, manifest_store, ledger.url)
     store = open_store(url, state_dir)
     missing, corrupt, referenced = [], [], set()
     for state in snap.states.values():

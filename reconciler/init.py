@@ -74,9 +74,10 @@ def init_ledger(
         raise
     # An explicit store wins over one the template chose (it kept the template's,
     # so `--store X` created X while workers were told the other one).
-    text = _with_fleet(text, Path(store).absolute() if store else directory.parent / "store",
-                       fleet or {}, keep_template_store=store is None)
+    explicit = store is not None
     store = Path(store).absolute() if store else directory.parent / "store"
+    text = _with_fleet(text, store_setting(store, directory), fleet or {},
+                       keep_template_store=not explicit)
     loaded = load_manifest(text.encode(), filename=str(manifest_path))  # ManifestError if bad
     access = (template / "access.toml").read_bytes() if (template / "access.toml").is_file() \
         else DEFAULT_ACCESS
@@ -106,11 +107,21 @@ def init_ledger(
     return repo, sha, store
 
 
+def store_setting(store: Path, ledger: Path) -> str:
+    """`[fleet] store` as every host can read it: relative to the ledger's
+    directory when the store lies under it (the Pi opens it locally, a worker
+    over ssh at the same host as its ledger), else the Pi's absolute path."""
+    try:
+        return store.relative_to(ledger.parent).as_posix()
+    except ValueError:
+        return store.as_posix()
+
+
 FLEET_HEADER = re.compile(r"^[ \t]*\[[ \t]*fleet[ \t]*\][ \t]*(#.*)?$")
 TABLE_HEADER = re.compile(r"^[ \t]*\[")
 
 
-def _with_fleet(text: str, store: Path, fleet: dict[str, float | int], *,
+def _with_fleet(text: str, store: str, fleet: dict[str, float | int], *,
                 keep_template_store: bool = False) -> str:
     """Point `[fleet] store` at the store and apply overrides, keeping comments.
 
@@ -124,7 +135,7 @@ def _with_fleet(text: str, store: Path, fleet: dict[str, float | int], *,
         return text  # load_manifest names the line and column
     values: dict[str, object] = dict(fleet)
     if not (keep_template_store and isinstance(current, dict) and "store" in current):
-        values = {"store": store.as_posix(), **values}
+        values = {"store": store, **values}
     newline = "\r\n" if "\r\n" in text else "\n"
     lines = text.splitlines(keepends=True)
     header = next((i for i, line in enumerate(lines)

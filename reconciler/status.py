@@ -177,6 +177,8 @@ def render_reconciler(rec: dict[str, Any] | None) -> list[str]:
     if report.get("last_error"):
         lines.append(f"  last error: {report['last_error']}")
     lines += [f"  illegal commit: {f}" for f in report.get("findings") or []]
+    lines += [f"  refused by the ledger: {r.get('action')} {r.get('job')} "
+              f"({r.get('transition')}): {r.get('rule')}" for r in report.get("refused") or []]
     if report.get("orphans"):
         lines.append(f"  {len(report['orphans'])} job(s) no longer in the manifest (orphans)")
     return lines
