@@ -22,16 +22,16 @@ from reconciler.access import DEFAULT_ACCESS, load_access
 from reconciler.errors import LedgerError
 from reconciler.gitrepo import GitRepo, Signature
 from reconciler.manifest import load_manifest
+from reconciler.resources import resource_dir
 from reconciler.schema import JobState, Status
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE = PACKAGE_ROOT / "ledger-template"
-HOOKS_SOURCE = PACKAGE_ROOT / "hooks"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages
 HOOK_NAMES = ("pre-receive",)
 CLIENT_HOOK_NAMES = ("pre-commit",)
 
-# DESIGN.md and RELIABILITY.md rule 6. denyNonFastForwards covers refs/heads/*
-# only, so heartbeat amends under refs/heartbeats/ still go through.
+# The server settings docs/operators.md lists: history only moves forward, objects
+# are checked and capped, and every write is fsynced. denyNonFastForwards covers
+# refs/heads/* only, so heartbeat amends under refs/heartbeats/ still go through.
 SERVER_CONFIG = {
     "receive.denyNonFastForwards": "true",
     "receive.denyDeletes": "true",
@@ -59,7 +59,7 @@ def init_ledger(
 ) -> tuple[GitRepo, str, Path]:
     """Create the ledger; returns (repo, first commit, store dir)."""
     directory = Path(directory).absolute()
-    template = Path(template or DEFAULT_TEMPLATE)
+    template = Path(template or resource_dir("ledger-template"))
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise InitError(f"{directory}: exists and is not empty; choose a new directory",
                         path=directory)
@@ -177,9 +177,8 @@ def hook_script(name: str, python: str = sys.executable) -> str:
     (a version manager's shim adds ~50 ms), `-S` to skip site.py and its .pth
     import hooks (~30 ms more), and the paths it would have added written in:
     the package's own root and this environment's site-packages."""
-    source = HOOKS_SOURCE / name
-    fallback = _FALLBACK_CLIENT_HOOK if name in CLIENT_HOOK_NAMES else _FALLBACK_HOOK
-    body = source.read_text() if source.is_file() else fallback
+    source = resource_dir("hooks") / name
+    body = source.read_text()
     lines = body.splitlines()
     if lines and lines[0].startswith("#!"):
         lines = lines[1:]
@@ -217,13 +216,18 @@ def install_client_hooks(clone: Path, python: str = sys.executable) -> list[Path
     return install_hooks(clone, python, CLIENT_HOOK_NAMES, hooks)
 
 
-_FALLBACK_HOOK = """#!/usr/bin/env python3
-import sys
-from reconciler.hook import main
-sys.exit(main())
-"""
-_FALLBACK_CLIENT_HOOK = """#!/usr/bin/env python3
-import sys
-from reconciler.precommit import main
-sys.exit(main())
-"""
+
+def install_server_hooks(ledger: Path, python: str = sys.executable) -> list[Path]:
+    """Rewrite a bare ledger's server hooks where git runs them (core.hooksPath or
+    hooks/): after an upgrade they must name the new interpreter and paths."""
+    from reconciler.hookpath import server_hooks_dir
+
+    ledger = Path(ledger).absolute()
+    if not (ledger / "HEAD").is_file() or not (ledger / "refs").is_dir():
+        raise InitError(f"{ledger}: not a bare git repository (give the ledger's path)",
+                        path=ledger)
+    hooks = server_hooks_dir(ledger)
+    if not hooks.is_dir():
+        raise InitError(f"{hooks}: core.hooksPath names a directory that does not exist; "
+                        "create it (root-owned, see docs/operators.md) first", path=hooks)
+    return install_hooks(ledger, python, HOOK_NAMES, hooks)

@@ -70,7 +70,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+WSL2_HINT = ("a worker cannot run natively on Windows (trainers need the Linux process "
+             "model: process groups, PR_SET_PDEATHSIG); run it inside WSL2, where CUDA "
+             "works too: scripts/install-worker-windows.ps1 sets that up (docs/operators.md, "
+             "'Windows hosts')")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":  # refuse at start-up, not at the first claim with a job held
+        raise LedgerError(WSL2_HINT)
     from reconciler.ledger import Ledger
     from reconciler.store import open_store
     from worker.capability import self_test
