@@ -33,6 +33,7 @@ COMMANDS = {
     "fsck": ("reconciler.fsck", "check bundles, history and the repository"),
     "enroll": ("reconciler.enroll", "print or install a host's authorized_keys line"),
     "fetch-artifact": ("reconciler.fetch", "download and safely unpack a job's bundle"),
+    "import-seed": ("reconciler.seed", "bring the seed fleet's queue and bundles into the ledger"),
 }
 
 

@@ -41,6 +41,7 @@ LEGAL: dict[tuple[Status, Status], set[Role]] = {
     (CANC, P): {Role.OPERATOR},
     (DONE, P): {Role.OPERATOR},
     (P, P): {Role.RECONCILER},  # prefer_cuda grace opens (cpu_ok)
+    (P, DONE): {Role.OPERATOR},  # import-seed: the seed fleet's verified result
 }
 
 
