@@ -173,7 +173,7 @@ def import_seed(db: Path, artifacts: Path, ledger_url: str, store_url: str | Non
             if not path.is_file():
                 report.unmatched.append({**where, "reason": "bundle not found"})
                 continue
-            sha, size = sha256_file(path)
+            sha, _size = sha256_file(path)
             if sha != row.artifact_id:
                 report.unmatched.append({**where, "reason": f"bundle re-hashes to {sha}, not "
                                          "its artifact_id: left pending"})
