@@ -15,9 +15,12 @@
 # (e.g. PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR for a Pi without internet).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-package=""; user=trainledger; home=/srv/trainledger; prefix=/opt/trainledger
-hooks=/etc/trainledger/hooks; state_dir=/var/lib/trainledger/reconciler
-unit_dir=/etc/systemd/system; python=python3; start=1
+# Each option's default may also come from the environment (TL_USER, TL_HOME, ...),
+# the names docs/operators.md uses.
+package=""; user=${TL_USER:-trainledger}; home=${TL_HOME:-/srv/trainledger}
+prefix=${TL_PREFIX:-/opt/trainledger}; hooks=${TL_HOOKS:-/etc/trainledger/hooks}
+state_dir=${TL_STATE_DIR:-/var/lib/trainledger/reconciler}
+unit_dir=${TL_UNIT_DIR:-/etc/systemd/system}; python=${TL_PYTHON:-python3}; start=${TL_START:-1}
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheel|--package) package=$2; shift 2 ;;
@@ -43,6 +46,7 @@ as_user() { runuser -u "$user" -- env HOME="$home" PATH="$prefix/bin:/usr/local/
 if id -u "$user" >/dev/null 2>&1; then
   say "user $user exists"
 else
+  install -d -m 0755 "$(dirname "$home")"
   useradd --system --user-group --home-dir "$home" --create-home --shell /bin/sh "$user"
   usermod -p '*' "$user"   # no password, but not "locked": sshd lets its keys in
   say "created system user $user (home $home, shell /bin/sh)"

@@ -14,9 +14,12 @@
 # Idempotent: a second run changes nothing and says so. pip reads PIP_* variables.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-name=$(hostname -s); ledger=""; store=""; user=trainledger; key=""; package=""; extras=train
-slots=1; prefix=/opt/trainledger; state_dir=""; unit_dir=/etc/systemd/system; python=python3
-start=1
+# Each option's default may also come from the environment (TL_NAME, TL_PREFIX, ...),
+# the names docs/operators.md uses.
+name=${TL_NAME:-$(hostname -s)}; ledger=${TL_LEDGER:-}; store=${TL_STORE:-}
+user=${TL_WORKER_USER:-trainledger}; key=""; package=""; extras=${TL_EXTRAS:-train}
+slots=${TL_SLOTS:-1}; prefix=${TL_PREFIX:-/opt/trainledger}; state_dir=${TL_STATE_DIR:-}
+unit_dir=${TL_UNIT_DIR:-/etc/systemd/system}; python=${TL_PYTHON:-python3}; start=${TL_START:-1}
 while [ $# -gt 0 ]; do
   case "$1" in
     --ledger) ledger=$2; shift 2 ;;
@@ -104,6 +107,7 @@ fi
 say "enroll this host on the Pi (copy $key.pub there as $name.pub):"
 echo "  sudo -u trainledger /opt/trainledger/bin/reconciler enroll $name --pubkey $name.pub \\"
 echo "      --ledger /srv/trainledger/ledger.git --authorized-keys /srv/trainledger/.ssh/authorized_keys"
+echo "  (the paths of docs/operators.md; use your Pi's)"
 echo "  $(cat "$key.pub")"
 if [ "$start" = 1 ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
