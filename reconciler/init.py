@@ -10,7 +10,6 @@ import json
 import os
 import re
 import site
-import stat
 import subprocess
 import sys
 import time
@@ -197,9 +196,12 @@ def install_hooks(
         sample.unlink()
     written = []
     for name in names:
-        path = hooks / name
-        path.write_text(hook_script(name, python))
-        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        # written beside and renamed into place: a push during an upgrade runs
+        # the old hook or the new one, never a half-written file
+        path, tmp = hooks / name, hooks / f".{name}.new"
+        tmp.write_text(hook_script(name, python))
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
         written.append(path)
     return written
 
