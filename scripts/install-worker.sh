@@ -103,6 +103,21 @@ else
   say "wrote $unit"
 fi
 
+# the same command for a host without systemd (WSL2: a Scheduled Task runs it, as root)
+launcher="$prefix/bin/trainledger-worker-start"
+exec_start=$(printf '%s\n' "$rendered" | sed -n 's/^ExecStart=//p')
+wanted=$(printf '%s\n' "#!/bin/sh" \
+  "# Written by install-worker.sh: what trainledger-worker.service runs, for a host" \
+  "# without systemd (WSL2, started at boot by a Scheduled Task). Run it as root." \
+  "exec runuser -u $user -- env HOME=$home GIT_SSH_COMMAND=\"ssh -i $key -o IdentitiesOnly=yes\" $exec_start")
+if [ -f "$launcher" ] && [ "$(cat "$launcher")" = "$wanted" ]; then
+  say "launcher $launcher up to date"
+else
+  printf '%s\n' "$wanted" > "$launcher"
+  chmod 0755 "$launcher"
+  say "wrote $launcher"
+fi
+
 # 6. enrollment happens on the Pi: the key decides who this host is
 say "enroll this host on the Pi (copy $key.pub there as $name.pub):"
 echo "  sudo -u trainledger /opt/trainledger/bin/reconciler enroll $name --pubkey $name.pub \\"

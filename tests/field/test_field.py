@@ -172,7 +172,7 @@ class Field:
     def as_user(self, user: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
         home = self.home(user)
         return sh("runuser", "-u", user, "--", "env", f"HOME={home}", "PATH=/usr/bin:/bin",
-                  *argv, timeout=timeout)
+                  *argv, timeout=timeout, cwd=home)  # not the checkout: it is importable
 
     def start_unit(self, unit: Path) -> subprocess.Popen:
         """What systemd would run: the unit's ExecStart, as its User, with its Environment."""
@@ -183,7 +183,16 @@ class Field:
         log = (self.root / f"{unit.stem}-{user}.log").open("ab")
         proc = subprocess.Popen(["runuser", "-u", user, "--", "env", "-i",
                                  f"HOME={self.home(user)}", "PATH=/usr/bin:/bin", *env, *argv],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd="/")  # as systemd runs a unit
+        self.procs.append(proc)
+        return proc
+
+    def start_launcher(self, launcher: Path, user: str) -> subprocess.Popen:
+        log = (self.root / f"trainledger-worker-{user}.log").open("ab")
+        proc = subprocess.Popen([str(launcher)], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd="/")
         self.procs.append(proc)
         return proc
 
@@ -399,6 +408,11 @@ def test_the_guide_sets_up_a_fleet_that_trains(fleet_field: Field) -> None:
     hook = pi / "etc" / "hooks" / "pre-receive"
     assert hook.stat().st_uid == 0 and not (f.ledger / "hooks" / "pre-receive").exists()
     assert "reconciler.hook" in hook.read_text()
+    # the plain (non-editable) install found its template and hooks in the wheel
+    where = f.as_user(PI_USER, str(pi / "opt" / "bin" / "python"), "-c",
+                      "from reconciler.resources import resource_dir as r; "
+                      "print(r('ledger-template'), r('hooks'))").stdout.split()
+    assert all(str(pi / "opt") in w and "/site-packages/reconciler/_data/" in w for w in where)
     installed = f.as_user(PI_USER, str(pi / "opt" / "bin" / "python"), "-m", "pip", "list",
                           "--format=json").stdout
     assert not {"torch", "xgboost-cpu", "numpy"} & {p["name"] for p in json.loads(installed)}
@@ -431,7 +445,10 @@ def test_the_guide_sets_up_a_fleet_that_trains(fleet_field: Field) -> None:
         shutil.copy2(f.root / name / "home" / ".ssh" / "trainledger.pub",
                      downloads / f"{name}.pub")
         f.block("pi-enroll", "root", downloads, TL_NAME=name, **pi_env)
-        f.start_unit(f.root / name / "units" / "trainledger-worker.service")
+    # w1 as systemd would run its unit; w2 through the launcher a host without
+    # systemd uses (WSL2's Scheduled Task runs it)
+    f.start_unit(f.root / "w1" / "units" / "trainledger-worker.service")
+    f.start_launcher(f.root / "w2" / "opt" / "bin" / "trainledger-worker-start", HOSTS["w2"])
 
     # a second run of each install script changes nothing (run while the fleet
     # trains, as an upgrade would: the hook is replaced atomically)
