@@ -6,7 +6,7 @@ output does not depend on the thread count), so the content-addressed store
 keeps one. Memory stays constant whatever the size: files are streamed, never
 read whole.
 
-Unpacking treats a bundle as attacker data (RELIABILITY.md rules 9 and 10): the
+Unpacking treats a bundle as attacker data (docs/failure-model.md, security rules 9 and 10): the
 zstd frame's structure is walked first (window cap, truncation, trailing bytes),
 then every member is checked while nothing is written, and only then is it
 extracted, with `filter="data"` as well, into a fresh directory.

@@ -2,7 +2,7 @@
 
 Prints (or appends to `authorized_keys`) the line that pins the host's key to
 `trainledger-shell ... NAME`, so every push over that key is judged as NAME
-whatever the host claims (RELIABILITY.md rule 1). Roles live in the ledger's
+whatever the host claims (docs/failure-model.md, security rule 1). Roles live in the ledger's
 `access.toml`, which only an operator may change: for an operator or a
 reconciler this prints the change to commit.
 """

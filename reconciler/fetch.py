@@ -3,7 +3,7 @@
 The bundle named by the ledger is read from the store (a path or ssh://), its
 sha256 is checked while it is read, and only then is it unpacked, by
 `bundle.unpack`, into DEST, which must not exist or be empty. Bundles are
-attacker data as far as this command knows (RELIABILITY.md rules 9-10), so a
+attacker data as far as this command knows (docs/failure-model.md, security rules 9-10), so a
 refused bundle leaves DEST as it was and nothing outside it.
 """
 

@@ -7,7 +7,7 @@
   minute and open in no process;
 - `--history` replays main from the first commit: every commit is re-judged
   with the hook's own rules (actor from its author), and the invariants of
-  RELIABILITY.md's check C are checked: one holder at a time, attempts rising
+  check C (docs/failure-model.md) are checked: one holder at a time, attempts rising
   by one per claim and never falling, at most one accepted completion per run
   (between requeues), the Ledger-Actor trailer naming the author.
 """
@@ -147,7 +147,7 @@ class _Job:
 
 @dataclass
 class Replay:
-    """RELIABILITY.md check C over main's history: every commit re-judged with
+    """Check C (docs/failure-model.md) over main's history: every commit re-judged with
     the hook's rules (recheck.py; the actor is the author), plus the delivery
     invariants counted per job across commits."""
 

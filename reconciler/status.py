@@ -2,7 +2,7 @@
 
 It reads only the ledger (main and the heartbeat refs), so it answers from any
 clone with no daemon running; the reconciler's own heartbeat adds what the
-daemon saw. The `--json` shape is a contract (DESIGN.md). A fresh process
+daemon saw. The `--json` shape is a contract (docs/reconciler.md). A fresh process
 starts from the parse it saved last time, so it parses only what changed
 (under a second on 10,000 jobs).
 """

@@ -2,7 +2,7 @@
 
 A commit that changes several jobs repeats the group `Ledger-Job` /
 `Ledger-Attempt` / `Ledger-Transition` once per job, in the same order, so the
-n-th values of each trailer belong together (DESIGN.md).
+n-th values of each trailer belong together (docs/architecture.md).
 """
 
 from __future__ import annotations

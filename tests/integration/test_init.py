@@ -1,5 +1,5 @@
-"""`reconciler init`: a hardened bare ledger (server config from DESIGN.md and
-RELIABILITY.md rule 6), hooks run by an absolute interpreter, a first commit by
+"""`reconciler init`: a hardened bare ledger (the server config of docs/operators.md
+and docs/failure-model.md, security rule 6), hooks run by an absolute interpreter, a first commit by
 the reconciler with one pending state file per job and its trailers, the store
 directory; a non-empty DIR refused with a clear message; --set overrides."""
 
