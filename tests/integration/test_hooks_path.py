@@ -148,3 +148,30 @@ def test_a_refused_action_is_reported_and_the_others_still_go(tmp_path: Path) ->
     assert "refused" in refused[0]["rule"] and refused[0]["tip"]
     assert reconciler.report.last_error is None and reconciler.report.passes == 3
     assert "restore" not in git("-C", str(led.path), "log", "--format=%s", "main")
+
+
+def test_install_hooks_server_rewrites_the_hook_where_git_runs_it(tmp_path: Path) -> None:
+    led = make_ledger(tmp_path, jobs=JOBS, fleet=FAST)
+    hooks = tmp_path / "etc-hooks"
+    move_hook(led, hooks, str(hooks))
+    (hooks / "pre-receive").write_text("#!/bin/sh\n# an old installation's hook\nexit 1\n")
+    cli = [sys.executable, "-m", "reconciler.cli", "install-hooks", "--server", str(led.path)]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"installed {hooks / 'pre-receive'}"
+    text = (hooks / "pre-receive").read_text()
+    assert text.startswith(f"#!{os.path.abspath(sys.executable)} -IS") and "reconciler.hook" in text
+    assert not (led.path / "hooks" / "pre-receive").exists()
+    # the rewritten hook judges pushes: a worker may not cancel
+    clone = tmp_path / "w"
+    git("clone", "-q", led.url, str(clone))
+    path = next((clone / "state").rglob("*.json"))
+    path.write_text(path.read_text().replace('"pending"', '"cancelled"'))
+    git("-C", str(clone), "commit", "-qam", "cancel", env={"GIT_AUTHOR_NAME": "w1"})
+    push = subprocess.run(["git", "-C", str(clone), "push", "origin", "HEAD:main"],
+                          capture_output=True, text=True,
+                          env={**os.environ, "TRAINLEDGER_IDENTITY": "w1"})
+    assert push.returncode != 0 and "trainledger: refused" in push.stderr, push.stderr
+    git("-C", str(led.path), "config", "core.hooksPath", str(tmp_path / "missing"))
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
