@@ -13,6 +13,7 @@ as git reads it: never a local directory called `host:`.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 
@@ -69,6 +70,8 @@ def from_manifest(store: str, ledger: str) -> str:
     if "://" in store or is_scp(store):
         return normalize(store)
     remote, ledger_path = _ledger_location(ledger)
+    if remote is None:
+        ledger_path = os.path.abspath(ledger_path)  # the store must not move with the cwd
     base = posixpath.dirname(ledger_path.rstrip("/")) or "."
     path = posixpath.normpath(posixpath.join(base, store))
     if remote is None:

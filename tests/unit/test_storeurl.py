@@ -33,6 +33,11 @@ def test_manifest_store_is_on_the_ledgers_host(store: str, ledger: str, want: st
     assert from_manifest(store, ledger) == want
 
 
+def test_a_relative_local_ledger_gives_an_absolute_store(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert from_manifest("store", "demo/ledger.git") == str(tmp_path / "demo" / "store")
+
+
 def test_a_flag_keeps_its_plain_meaning_but_scp_is_ssh() -> None:
     assert resolve("./here", "store", PI) == "./here"
     assert resolve("nohost.invalid:/srv/store", None, "/l.git") == "ssh://nohost.invalid/srv/store"
