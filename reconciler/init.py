@@ -228,7 +228,10 @@ def install_server_hooks(ledger: Path, python: str = sys.executable) -> list[Pat
     if not (ledger / "HEAD").is_file() or not (ledger / "refs").is_dir():
         raise InitError(f"{ledger}: not a bare git repository (give the ledger's path)",
                         path=ledger)
-    hooks = server_hooks_dir(ledger)
+    try:
+        hooks = server_hooks_dir(ledger)
+    except OSError as exc:
+        raise InitError(str(exc), path=ledger) from None
     if not hooks.is_dir():
         raise InitError(f"{hooks}: core.hooksPath names a directory that does not exist; "
                         "create it (root-owned, see docs/operators.md) first", path=hooks)
