@@ -153,7 +153,12 @@ class Field:
     def block(self, name: str, user: str, cwd: Path, *, pre: tuple[str, ...] = (),
               **extra: str) -> str:
         """Run the guide's block `name` (after blocks `pre`, e.g. an env block)."""
-        script = SUDO_SHIM + "".join(self.blocks[p] for p in pre) + self.blocks[name]
+        return self.script(self.blocks[name], user, cwd, pre=pre, label=name, **extra)
+
+    def script(self, text: str, user: str, cwd: Path, *, pre: tuple[str, ...] = (),
+               label: str = "script", **extra: str) -> str:
+        name = label
+        script = SUDO_SHIM + "".join(self.blocks[p] for p in pre) + text
         env = self.env(**extra)
         argv = ["bash", "-euo", "pipefail", "-c", script]
         if user != "root":
@@ -275,11 +280,15 @@ def build_wheels(f: Field) -> None:
     """The wheel from a copy of the working tree (tracked and new files: what a
     fresh clone of this commit holds), and its dependencies as wheels, once."""
     src = f.root / "src"
-    files = sh("git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z").stdout
-    for rel in filter(None, files.split("\0")):
-        if (REPO / rel).is_file():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, src / rel)
+    if not sh("git", "-C", str(REPO), "status", "--porcelain").stdout.strip():
+        sh("git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(src))  # a fresh clone
+    else:  # work in progress: what a clone of it would hold once committed
+        files = sh("git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard",
+                   "-z").stdout
+        for rel in filter(None, files.split("\0")):
+            if (REPO / rel).is_file():
+                (src / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, src / rel)
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_DEPS + EXTRA_DEPS]
     parallel(lambda: sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                         "--no-build-isolation", "-w", str(f.root / "dist"), str(src),
@@ -476,6 +485,11 @@ def test_the_guide_sets_up_a_fleet_that_trains(fleet_field: Field) -> None:
     assert "(over ssh)" in fetched
     metrics = json.loads((laptop / "gbt-d" / "metrics.json").read_text())
     assert metrics, "an empty metrics.json"
+
+    # the laptop's install has no training extras: `worker run` works there too
+    idle = f.script("worker run --name alice --exit-when-idle --poll-s 0.5\n", OPERATOR, laptop,
+                    pre=("laptop-env",), label="worker run without extras")
+    assert "event=worker-start worker=alice" in idle, idle
 
     # --- §10 fsck on the Pi
     fsck = f.block("pi-fsck", "root", downloads, **pi_env)
