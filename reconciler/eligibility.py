@@ -140,7 +140,7 @@ def pick(candidates: list[JobSpec], slots: int, rng: random.Random) -> list[JobS
     """Up to `slots` jobs to claim in one push: highest priority first; within
     one priority, a random choice rather than the oldest.
 
-    Trade-off (DESIGN.md "Contention"): workers racing from the same tip that
+    Trade-off (docs/architecture.md): workers racing from the same tip that
     all want the oldest job lose a push each, and lost races are what collapse
     claim throughput and load the Pi. A random pick among equals makes racers
     rarely collide. The price is that age order inside a priority is only

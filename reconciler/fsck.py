@@ -10,7 +10,7 @@
   minute and open in no process;
 - `--history` replays main from the first commit: every commit is re-judged
   with the hook's own rules (actor from its author), and the invariants of
-  RELIABILITY.md's check C are checked: one holder at a time, attempts rising
+  check C (docs/failure-model.md) are checked: one holder at a time, attempts rising
   by one per claim and never falling, at most one accepted completion per run
   (between requeues), the Ledger-Actor trailer naming the author.
 """
@@ -48,9 +48,12 @@ LOCK_AGE_S = 60.0
 def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path, fix: bool = False,
                   now: float = 0.0) -> dict[str, Any]:
     snap = ledger.snapshot()
-    url = store_url or (snap.manifest.fleet.store if snap.manifest else None)
-    if not url:
+    from reconciler.storeurl import resolve
+
+    manifest_store = snap.manifest.fleet.store if snap.manifest else None
+    if not store_url and not manifest_store:
         return {"skipped": "no store: pass --store or set [fleet] store"}
+    url = resolve(store_url, manifest_store, ledger.url)
     store = open_store(url, state_dir)
     missing, corrupt, referenced = [], [], set()
     for state in snap.states.values():
@@ -161,7 +164,7 @@ class _Job:
 
 @dataclass
 class Replay:
-    """RELIABILITY.md check C over main's history: every commit re-judged with
+    """Check C (docs/failure-model.md) over main's history: every commit re-judged with
     the hook's rules (recheck.py; the actor is the author), plus the delivery
     invariants counted per job across commits."""
 

@@ -97,7 +97,9 @@ class Fleet(StrictTypes):
     store: str | None = Field(
         None,
         max_length=1024,
-        description="Artifact store: a local path or ssh://host/path. Workers may override it.",
+        description="Artifact store: a path on the ledger's host (a relative one is taken "
+        "from the ledger's directory; each host reaches it through its ledger URL), or "
+        "ssh://host/path. A worker may override it with --store.",
     )
     prune: bool = Field(
         False, description="Cancel jobs removed from the manifest instead of reporting them."

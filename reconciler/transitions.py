@@ -192,6 +192,14 @@ def _requeue(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str |
     return rule
 
 
+def _import(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str | None:
+    """`reconciler import-seed`: a result the seed fleet trained, its bundle
+    already verified into the store, so the job is never trained again."""
+    if new.artifact is None:
+        return "an import names the imported bundle (artifact)"
+    return _same(old, new, "attempt", "lost", "cpu_ok", "holder")
+
+
 def _open_grace(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str | None:
     rule = _same(old, new, "attempt", "lost", "holder", "artifact")
     if rule is None and old.cpu_ok == new.cpu_ok and old.last_error == new.last_error:
@@ -218,6 +226,7 @@ TABLE: dict[tuple[Status, Status], list[tuple[Role, Check, str]]] = {
     (CANC, P): [(OP, _requeue, "requeue")],
     (DONE, P): [(OP, _requeue, "requeue")],
     (P, P): [(REC, _open_grace, "open")],
+    (P, DONE): [(OP, _import, "import")],
 }
 
 

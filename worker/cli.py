@@ -130,7 +130,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+WSL2_HINT = ("a worker cannot run natively on Windows (trainers need the Linux process "
+             "model: process groups, PR_SET_PDEATHSIG); run it inside WSL2, where CUDA "
+             "works too: scripts/install-worker-windows.ps1 sets that up (docs/operators.md, "
+             "'Windows hosts')")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":  # refuse at start-up, not at the first claim with a job held
+        raise LedgerError(WSL2_HINT)
     from reconciler.ledger import Ledger
     from reconciler.store import open_store
     from worker.capability import self_test
@@ -144,10 +152,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     beat_ledger = Ledger(args.ledger, state_dir / "beat.git", args.name)
 
     def store_factory(loaded):
-        url = args.store or loaded.fleet.store
-        if not url:
-            raise LedgerError("no store: pass --store or set [fleet] store in the manifest")
-        return open_store(url, state_dir)
+        from reconciler.storeurl import describe_store, resolve
+
+        url = resolve(args.store, loaded.fleet.store, args.ledger)
+        store = open_store(url, state_dir)
+        print(f"worker {args.name}: artifacts go to {describe_store(store)}", flush=True)
+        return store
 
     config = WorkerConfig(name=args.name, state_dir=state_dir, poll_s=args.poll_s,
                           slots=args.slots, exit_when_idle=args.exit_when_idle,
@@ -178,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_ledger_arg(run)
     run.add_argument("--name", default=socket.gethostname().split(".")[0],
                      help="this worker's name (default: hostname)")
-    run.add_argument("--store", help="store path or ssh:// URL (default: the manifest's)")
+    run.add_argument("--store", help="store path, ssh://host/path or host:/path (default: the "
+                     "manifest's, a path on the ledger's host)")
     run.add_argument("--capability", type=Path, help="JSON capability instead of detection")
     run.add_argument("--exit-when-idle", action="store_true",
                      help="exit 0 once nothing is eligible and nothing is running")

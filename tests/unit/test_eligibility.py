@@ -291,7 +291,7 @@ def test_eligible_jobs_skip_what_the_worker_already_runs() -> None:
 
 
 def test_racing_workers_rarely_want_the_same_job() -> None:
-    """The point of the random tie-break (DESIGN.md "Contention")."""
+    """The point of the random tie-break (docs/architecture.md)."""
     cands = jobs([0] * 100)
     collisions = 0
     for trial in range(200):
