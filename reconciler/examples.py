@@ -18,7 +18,14 @@ EXAMPLES: dict[tuple[str, str], list[str]] = {
         "reconciler validate --json manifest.toml | jq .errors",
     ],
     ("reconciler", "schema"): ["reconciler schema manifest > manifest.schema.json"],
-    ("reconciler", "install-hooks"): ["reconciler install-hooks ~/ledger"],
+    ("reconciler", "install-hooks"): [
+        "reconciler install-hooks ~/ledger",
+        "sudo reconciler install-hooks --server /srv/trainledger/ledger.git",
+    ],
+    ("reconciler", "import-seed"): [
+        "reconciler import-seed queue.db artifacts/ --ledger /srv/trainledger/ledger.git",
+        "reconciler import-seed queue.db artifacts/ --ledger URL --json | jq .unmatched",
+    ],
     ("reconciler", "run"): [
         "reconciler run --ledger /srv/trainledger/ledger.git",
         "reconciler run --ledger /srv/ledger.git --metrics-file "
