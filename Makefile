@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint demo bench bench-quick soak schema clean
+.PHONY: venv test test-fast test-field lint demo bench bench-quick soak schema dist clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trainledger needs Python >= 3.11 (set PYTHON=python3.11)")'
@@ -31,6 +31,16 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+# The guide run as a test: Unix users, sshd on loopback, the wheel built here.
+test-field: $(STAMP)
+	$(BIN)/python -m pytest -m field $(PYTEST_ARGS)
+
+# The wheel an operator installs on the Pi and the hosts (no checkout needed there).
+dist: $(STAMP)
+	rm -rf build dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	@ls dist/*.whl
+
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
@@ -47,4 +57,4 @@ schema: $(STAMP)
 	$(BIN)/python -m reconciler.schema docs
 
 clean:
-	rm -rf $(VENV) .trainledger-demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) .trainledger-demo .pytest_cache .ruff_cache build dist

@@ -44,7 +44,7 @@ def make_claim_worker(url: str, name: str, state_dir: Path, seed: int | None = N
             self.claims: list[tuple[str, int]] = []
             self.last_lost = 0
 
-        def _start(self, spec: Any, attempt: int) -> None:
+        def _start(self, spec: Any, attempt: int, device: int | None = None) -> None:
             self.claims.append((spec.job_id, attempt))
 
         def _commit_start(self, keys: list[tuple[str, int]]) -> None:

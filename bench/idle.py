@@ -24,7 +24,7 @@ from bench.rows import Config, RowResult
 from bench.seed import WORKERS, seed_ledger
 from bench.stats import Target, summarize
 
-HEARTBEAT_S = 30.0  # the fleet default (DESIGN.md); the reconciler's tick follows it
+HEARTBEAT_S = 30.0  # the template's default; the reconciler's tick follows it
 
 
 class Beaters(threading.Thread):

@@ -27,8 +27,8 @@ Each change is its own commit, small, with the figure that motivated it.
   resolve built its frozen `JobSpec` twice (`dataclasses.replace` to set the id).
   One resolve per job, id first: a 100,000-job manifest loads in 5.3 s instead of
   8.3 s (tomllib is 2.2 s of what is left).
-- **Manifest size cap** 1 MiB -> 16 MiB (= `receive.maxInputSize`): DESIGN.md sizes
-  a 100,000-job manifest at 12.9 MB and the schema allows 200,000 jobs, so the old
+- **Manifest size cap** 1 MiB -> 16 MiB (= `receive.maxInputSize`): a 100,000-job
+  manifest is about 12.9 MB and the schema allows 200,000 jobs, so the old
   cap refused the very ledgers P4 is about. A cap is still enforced.
 - **The hook parsed the whole manifest on every push to main**
   (`reconciler/validate.py`), though only a reconciler sweep reads anything from

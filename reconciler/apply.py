@@ -2,7 +2,7 @@
 
 `decide(snapshot)` is called on the tip that was read and, after every lost
 race, again on the new tip: the plan is always made from what the commit will
-sit on, never patched (STYLE.md: level-triggered, explicit results).
+sit on, never patched (level-triggered, explicit results).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ output does not depend on the thread count), so the content-addressed store
 keeps one. Memory stays constant whatever the size: files are streamed, never
 read whole.
 
-Unpacking treats a bundle as attacker data (RELIABILITY.md rules 9 and 10): the
+Unpacking treats a bundle as attacker data (docs/failure-model.md, security rules 9 and 10): the
 zstd frame's structure is walked first (window cap, truncation, trailing bytes),
 then every member is checked while nothing is written, and only then is it
 extracted, with `filter="data"` as well, into a fresh directory.
@@ -373,6 +373,31 @@ def _check_all(reader: _Capped, max_members: int, max_bytes: int) -> list[tuple]
     return seen
 
 
+# tarfile's extraction filters came in Python 3.11.4; Debian 12 (and Raspberry Pi
+# OS on the Pi) ships 3.11.2. Without them, members (already checked to be plain
+# files and directories with safe relative names) are written by hand.
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _extract_checked(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path) -> None:
+    """What the `data` filter leaves of a checked member: no links, no owner, no
+    special bits, never through a symlink, never over an existing file."""
+    target = dest / info.name
+    if info.isdir():
+        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    src = tar.extractfile(info)
+    if src is None:
+        raise _refuse("not a regular file", "type", info.name)
+    mode = 0o755 if info.mode & 0o100 else 0o644
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+
+
 def _extract_all(reader: _Capped, dest: Path, seen: list[tuple]) -> None:
     """Pass 2: extract what pass 1 checked, refusing any difference (the source
     changed in between), with tarfile's `data` filter on top."""
@@ -382,7 +407,10 @@ def _extract_all(reader: _Capped, dest: Path, seen: list[tuple]) -> None:
         for info in tar:
             if count >= len(seen) or _key(info) != seen[count]:
                 raise _refuse("the bundle changed while being unpacked", "changed", info.name)
-            tar.extract(info, dest, filter="data")
+            if HAS_DATA_FILTER:
+                tar.extract(info, dest, filter="data")
+            else:
+                _extract_checked(tar, info, dest)
             count += 1
     if count != len(seen):
         raise _refuse("the bundle changed while being unpacked", "changed")

@@ -22,7 +22,8 @@ COMMANDS = {
     "init": ("reconciler.cli", "create a bare ledger from the template, install hooks"),
     "validate": ("reconciler.cli", "validate a manifest file"),
     "schema": ("reconciler.cli", "print the JSON Schema of the manifest, state or capability"),
-    "install-hooks": ("reconciler.cli", "install the pre-commit hook in an operator's clone"),
+    "install-hooks": ("reconciler.cli", "install the pre-commit hook in a clone (--server: "
+                      "the ledger's)"),
     "run": ("reconciler.daemon", "the reconciler daemon (--once: one pass)"),
     "status": ("reconciler.status", "jobs by status, workers, last reconcile, errors"),
     "show": ("reconciler.history", "a job's spec, state and history"),
@@ -36,6 +37,9 @@ COMMANDS = {
     "health": ("reconciler.health", "0 healthy, 1 degraded, 2 reconciler down (for monitors)"),
     "report": ("reconciler.report", "write a self-contained HTML fleet report (index.html)"),
     "completion": ("reconciler.cli", "print a bash or zsh completion script"),
+    "results": ("reconciler.results", "completed jobs with their hyper and metrics, sorted"),
+    "logs": ("reconciler.logs", "a job's whole log from the store; a running job's latest lines"),
+    "import-seed": ("reconciler.seed", "bring the seed fleet's queue and bundles into the ledger"),
 }
 
 
@@ -116,9 +120,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_install_hooks(args: argparse.Namespace) -> int:
-    from reconciler.init import install_client_hooks
+    from reconciler.init import install_client_hooks, install_server_hooks
 
-    for path in install_client_hooks(Path(args.clone)):
+    paths = install_server_hooks(Path(args.server)) if args.server \
+        else install_client_hooks(Path(args.clone))
+    for path in paths:
         print(f"installed {path}")
     return 0
 
@@ -154,6 +160,9 @@ def configure_parser(name: str, parser: argparse.ArgumentParser) -> None:
     elif name == "install-hooks":
         parser.add_argument("clone", nargs="?", default=".",
                             help="an operator's clone: installs the pre-commit hook")
+        parser.add_argument("--server", metavar="LEDGER",
+                            help="rewrite a bare ledger's server hooks (after an upgrade), "
+                                 "wherever core.hooksPath points")
         parser.set_defaults(func=cmd_install_hooks)
 
 

@@ -198,6 +198,6 @@ def error_line(error: str | None, limit: int = 300) -> str:
     if not error:
         return ""
     lines = [ln.strip() for ln in error.splitlines() if ln.strip()]
-    if "log tail:" in error and len(lines) > 1:
+    if len(lines) > 1 and lines[0].endswith("; log tail:"):  # a worker before the real line
         return f"{lines[0].removesuffix('; log tail:')}: {lines[-1]}"[:limit]
     return lines[0][:limit] if lines else ""

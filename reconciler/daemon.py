@@ -24,7 +24,8 @@ from typing import Any
 from reconciler import transitions
 from reconciler.apply import apply
 from reconciler.cli import add_ledger_arg, state_dir_default
-from reconciler.errors import LedgerError, ManifestError
+from reconciler.errors import LedgerError, ManifestError, PushRejected
+from reconciler.hookpath import has_our_hook
 from reconciler.lease import Lease
 from reconciler.ledger import Ledger, Snapshot
 from reconciler.manifest import LoadedManifest, load_manifest
@@ -32,6 +33,7 @@ from reconciler.observe import live_workers, observe
 from reconciler.plan import Action, Observations, View, next_due, orphans, plan
 from reconciler.port import LedgerPort
 from reconciler.recheck import Rechecker
+from reconciler.refused import Refusals
 from reconciler.schema import Heartbeat
 from reconciler.sdnotify import notify, watchdog_interval_s
 from reconciler.sshconn import is_ssh
@@ -61,6 +63,7 @@ class Report:
     workers: dict[str, float] = field(default_factory=dict)  # name -> s since a new beat
     orphans: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)  # illegal commits seen (hook-less)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # actions the hook refused
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,8 +85,7 @@ def recheck_needed(url: str) -> bool:
     path = local_path(url)
     if path is None:
         return True
-    hook = path / "hooks" / "pre-receive"
-    return not (hook.is_file() and "reconciler.hook" in hook.read_text(errors="replace"))
+    return not has_our_hook(path)  # wherever git runs it: core.hooksPath or hooks/
 
 
 class Reconciler:
@@ -105,6 +107,9 @@ class Reconciler:
                 else None
         self.recheck = recheck
         self.restores: dict[str, tuple[JobState, JobState, str]] = {}
+        self.refusals = Refusals()
+        self._decided: list[Action] = []  # the last plan handed to apply
+        self._single = False  # one action per commit, to find the one refused
         self.due_at: float | None = None  # next time rule deadline, on our clock
         self.seq = 0
         self._last_gc = clock()
@@ -120,21 +125,54 @@ class Reconciler:
         if tip is None:
             raise LedgerError(f"{self.ledger.url}: no main branch (run `reconciler init`)")
         self._recheck(tip)
-        applied = apply(self.ledger, self._decide)
-        for action in applied.actions:
+        written, snapshot = self._apply_around_refusals(tip)
+        for action in written:
             if action.meaning is Move.RESTORE:
                 self.restores.pop(action.new.job_id, None)
             log.info("event=%s job=%s attempt=%s %s", action.meaning, action.new.name,
                      action.new.attempt, action.reason)
-        self.report.lost_races += applied.lost_races
-        self._update_report(applied.snapshot, len(applied.actions))
+        self._update_report(snapshot, len(written))
         for hook in self.after_pass:
             try:
-                hook(self, applied.snapshot)
+                hook(self, snapshot)
             except Exception as exc:
                 log.warning("event=after-pass-failed hook=%s error=%s", type(hook).__name__,
                             (str(exc) or repr(exc)).splitlines()[0])
-        return list(applied.actions)
+        return written
+
+    def _apply_around_refusals(self, tip: str, max_refusals: int = 64
+                               ) -> tuple[list[Action], Snapshot]:
+        """Write the pass's actions; when the hook refuses the commit, find the
+        refused action (one action per commit), report it, and write the rest:
+        one bad action never blocks the others, nor later passes."""
+        written: list[Action] = []
+        self._single = False
+        for _ in range(max_refusals):
+            try:
+                applied = apply(self.ledger, self._decide)
+            except PushRejected as exc:
+                if len(self._decided) > 1 and not self._single:
+                    self._single = True
+                    continue
+                for action in self._decided:
+                    self._refuse(action, tip, exc)
+                continue
+            self.report.lost_races += applied.lost_races
+            written += applied.actions
+            if not self._single or not applied.actions:
+                return written, applied.snapshot
+        raise LedgerError(f"the ledger refused {max_refusals} actions in one pass; "
+                          "see `reconciler status` for the rules")
+
+    def _refuse(self, action: Action, tip: str, exc: PushRejected) -> None:
+        """Report a refused action and stop planning it while its job stands still;
+        a refused restore is dropped for good (the hook accepted the commit it
+        would undo, so that commit was legal)."""
+        self.refusals.add(action, tip, getattr(exc, "commit", None),
+                          getattr(exc, "reason", None) or str(exc))
+        self.report.refused = list(self.refusals.recent)
+        if action.meaning is Move.RESTORE:
+            self.restores.pop(action.new.job_id, None)
 
     def _decide(self, snap: Snapshot) -> list[Action]:
         """Observe, then plan on this snapshot (called again after a lost race)."""
@@ -147,8 +185,12 @@ class Reconciler:
         view = View(loaded.specs, loaded.fleet, snap.states)
         due = next_due(view, self.obs, now)
         self.due_at = None if due is None else now + due
+        self.refusals.prune(snap.states)
         # Restores go alone: their commit's `Ledger-Kind: restore` covers every change.
-        return self._restore_actions(snap) or plan(view, self.obs, now)
+        actions = self.refusals.allowed(self._restore_actions(snap)) \
+            or self.refusals.allowed(plan(view, self.obs, now))
+        self._decided = actions[:1] if self._single else actions
+        return self._decided
 
     def _recheck(self, tip: str) -> None:
         """Judge the commits read since the last pass with the hook's rules."""

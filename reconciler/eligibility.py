@@ -9,7 +9,9 @@ are collected, so an operator fixes everything in one edit, not one per poll.
 Decisions where the manifest is silent:
 
 - `allow_jobs` / `deny_jobs` are globs matched case-sensitively (`fnmatchcase`)
-  against the job's name or its model, the same on every OS.
+  against the job's name or its model, the same on every OS. `allow_jobs = []`
+  is no whitelist (all jobs allowed), as the seed fleet read it; to take no
+  jobs, use `deny_jobs = ["*"]`.
 - `min_vram_gib` on a job without `require_cuda`/`prefer_cuda` still needs a
   CUDA device with that much free VRAM: asking for VRAM means asking for a GPU.
 - `prefer_cuda`: a CUDA worker whose best device has enough free VRAM may take
@@ -78,7 +80,7 @@ def host_reasons(spec: JobSpec, worker: str, host: Host | None) -> list[str]:
     if host is not None and (host.drain or host.retired):
         out.append(f"[hosts.{worker}] {'retired' if host.retired else 'drain'} = true: "
                    "it claims nothing more")
-    if host is not None and host.allow_jobs is not None and not _matches(spec, host.allow_jobs):
+    if host is not None and host.allow_jobs and not _matches(spec, host.allow_jobs):
         out.append(f"[hosts.{worker}] allow_jobs {host.allow_jobs} matches neither name "
                    f"{spec.name!r} nor model {spec.model!r}")
     if host is not None and (denied := _matches(spec, host.deny_jobs)):
@@ -138,7 +140,7 @@ def pick(candidates: list[JobSpec], slots: int, rng: random.Random) -> list[JobS
     """Up to `slots` jobs to claim in one push: highest priority first; within
     one priority, a random choice rather than the oldest.
 
-    Trade-off (DESIGN.md "Contention"): workers racing from the same tip that
+    Trade-off (docs/architecture.md): workers racing from the same tip that
     all want the oldest job lose a push each, and lost races are what collapse
     claim throughput and load the Pi. A random pick among equals makes racers
     rarely collide. The price is that age order inside a priority is only

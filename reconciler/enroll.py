@@ -2,7 +2,7 @@
 
 Prints (or appends to `authorized_keys`) the line that pins the host's key to
 `trainledger-shell ... NAME`, so every push over that key is judged as NAME
-whatever the host claims (RELIABILITY.md rule 1). Roles live in the ledger's
+whatever the host claims (docs/failure-model.md, security rule 1). Roles live in the ledger's
 `access.toml`, which only an operator may change: for an operator or a
 reconciler this prints the change to commit.
 """
@@ -123,13 +123,19 @@ def _ledger_file(ledger: str, name: str) -> bytes | None:
 
 
 def store_from_manifest(ledger: str) -> str | None:
-    """The manifest's [fleet] store when it is a local path."""
+    """The manifest's [fleet] store when it is a path on the ledger's host
+    (relative paths are taken from the ledger's directory)."""
+    from reconciler.storeurl import from_manifest
+
     data = _ledger_file(ledger, "manifest.toml")
     try:
         store = tomllib.loads(data.decode()).get("fleet", {}).get("store") if data else None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
-    return store if isinstance(store, str) and store.startswith("/") else None
+    if not isinstance(store, str) or not store:
+        return None
+    local = from_manifest(store, str(Path(ledger).absolute()))
+    return local if local.startswith("/") else None
 
 
 def access_change(name: str, role: str, ledger: str | None) -> str | None:

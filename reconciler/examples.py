@@ -18,7 +18,14 @@ EXAMPLES: dict[tuple[str, str], list[str]] = {
         "reconciler validate --json manifest.toml | jq .errors",
     ],
     ("reconciler", "schema"): ["reconciler schema manifest > manifest.schema.json"],
-    ("reconciler", "install-hooks"): ["reconciler install-hooks ~/ledger"],
+    ("reconciler", "install-hooks"): [
+        "reconciler install-hooks ~/ledger",
+        "sudo reconciler install-hooks --server /srv/trainledger/ledger.git",
+    ],
+    ("reconciler", "import-seed"): [
+        "reconciler import-seed queue.db artifacts/ --ledger /srv/trainledger/ledger.git",
+        "reconciler import-seed queue.db artifacts/ --ledger URL --json | jq .unmatched",
+    ],
     ("reconciler", "run"): [
         "reconciler run --ledger /srv/trainledger/ledger.git",
         "reconciler run --ledger /srv/ledger.git --metrics-file "
@@ -61,8 +68,18 @@ EXAMPLES: dict[tuple[str, str], list[str]] = {
         "reconciler report --out /var/www/fleet",
         "python3 -m http.server -d /var/www/fleet 8080",
     ],
+    ("reconciler", "results"): [
+        "reconciler results --sort val_loss",
+        "reconciler results --model mlp --sort val_auc --desc --json | jq '.rows[0]'",
+    ],
+    ("reconciler", "logs"): [
+        "reconciler logs job-007",
+        "reconciler logs job-007 --attempt 2 | tail -50",
+        "reconciler logs job-007 -f",
+    ],
     ("worker", "run"): [
         "worker run --ledger ssh://pi/srv/ledger.git",
+        "worker run --ledger /srv/ledger.git --pass-env 'HF_*' --pass-env WANDB_API_KEY",
         "worker --log-format json run --ledger /srv/ledger.git --slots 2",
         "worker run --ledger /srv/ledger.git --exit-when-idle",
     ],

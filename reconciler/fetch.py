@@ -3,7 +3,7 @@
 The bundle named by the ledger is read from the store (a path or ssh://), its
 sha256 is checked while it is read, and only then is it unpacked, by
 `bundle.unpack`, into DEST, which must not exist or be empty. Bundles are
-attacker data as far as this command knows (RELIABILITY.md rules 9-10), so a
+attacker data as far as this command knows (docs/failure-model.md, security rules 9-10), so a
 refused bundle leaves DEST as it was and nothing outside it.
 """
 
@@ -89,10 +89,11 @@ def fetch_artifact(ledger_url: str, job: str, dest: Path, store_url: str | None,
     if state.status is not Status.COMPLETED or state.artifact is None:
         raise LedgerError(f"job {state.name} ({state.job_id}) is {state.status.value}: "
                           "only a completed job has an artifact")
-    url = store_url or (snap.manifest.fleet.store if snap.manifest else None)
-    if not url:
-        raise LedgerError("no store: pass --store or set [fleet] store in the manifest")
+    from reconciler.storeurl import describe_store, resolve
+
+    url = resolve(store_url, snap.manifest.fleet.store if snap.manifest else None, ledger_url)
     store = open_store(url, state_dir)
+    print(f"reading bundle {state.artifact.sha256[:12]} from {describe_store(store)}", flush=True)
     art = state.artifact
     with tempfile.TemporaryDirectory(prefix="fetch-", dir=state_dir) as tmp:
         bundle = download(store, art.sha256, art.size, Path(tmp))

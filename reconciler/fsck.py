@@ -1,15 +1,16 @@
 """`reconciler fsck`: bundles, history and the repository, checked.
 
 - every completed job's bundle, and every checkpoint a state records, exists
-  and re-hashes to its name; unreferenced bundles and leftover store temp files
-  are listed; checkpoints no state references any more are removed with `--fix`
-  once an hour old;
+  and re-hashes to its name; unreferenced bundles (a job's last log bundle
+  counts as referenced; older attempts' logs are named only in history) and
+  leftover store temp files are listed; checkpoints no state references any
+  more are removed with `--fix` once an hour old;
 - `git fsck` of a local ledger; stale `refs/**.lock` files (after a power loss
   they block pushes) are reported, and removed with `--fix` once older than a
   minute and open in no process;
 - `--history` replays main from the first commit: every commit is re-judged
   with the hook's own rules (actor from its author), and the invariants of
-  RELIABILITY.md's check C are checked: one holder at a time, attempts rising
+  check C (docs/failure-model.md) are checked: one holder at a time, attempts rising
   by one per claim and never falling, at most one accepted completion per run
   (between requeues), the Ledger-Actor trailer naming the author.
 """
@@ -47,9 +48,12 @@ LOCK_AGE_S = 60.0
 def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path, fix: bool = False,
                   now: float = 0.0) -> dict[str, Any]:
     snap = ledger.snapshot()
-    url = store_url or (snap.manifest.fleet.store if snap.manifest else None)
-    if not url:
+    from reconciler.storeurl import resolve
+
+    manifest_store = snap.manifest.fleet.store if snap.manifest else None
+    if not store_url and not manifest_store:
         return {"skipped": "no store: pass --store or set [fleet] store"}
+    url = resolve(store_url, manifest_store, ledger.url)
     store = open_store(url, state_dir)
     missing, corrupt, referenced = [], [], set()
     for state in snap.states.values():
@@ -64,6 +68,8 @@ def check_bundles(ledger: Ledger, store_url: str | None, state_dir: Path, fix: b
                 missing.append({"job": state.name, "sha256": sha, "kind": kind})
             elif not store.verify(sha):
                 corrupt.append({"job": state.name, "sha256": sha, "kind": kind})
+        if state.log is not None:  # the last finished attempt's log bundle
+            referenced.add(state.log.sha256)
     out: dict[str, Any] = {"store": url, "referenced": len(referenced), "missing": missing,
                            "corrupt": corrupt}
     if isinstance(store, LocalStore):
@@ -158,7 +164,7 @@ class _Job:
 
 @dataclass
 class Replay:
-    """RELIABILITY.md check C over main's history: every commit re-judged with
+    """Check C (docs/failure-model.md) over main's history: every commit re-judged with
     the hook's rules (recheck.py; the actor is the author), plus the delivery
     invariants counted per job across commits."""
 

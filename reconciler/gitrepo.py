@@ -5,7 +5,7 @@ Reads go through one persistent, pipelined `git cat-file --batch` process
 as loose objects, the way git writes them, so building a commit costs about a
 millisecond instead of a `git` process per object. Nothing here uses an
 index file: GitPython's `IndexFile.from_tree` leaves a 0-byte index in a bare
-repository that breaks `git diff-tree` (DESIGN.md).
+repository that breaks `git diff-tree` (docs/architecture.md).
 """
 
 from __future__ import annotations

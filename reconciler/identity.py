@@ -51,6 +51,7 @@ class JobSpec:
     after: tuple[str, ...] = ()  # upstream job ids, sorted
     after_names: tuple[str, ...] = ()  # upstream job names, in the same order
     sweep: str | None = None  # the [[sweeps]] it came from
+    env: dict[str, str] = field(default_factory=dict, hash=False)  # [trainers.X] env
 
     def identity(self) -> dict[str, Any]:
         out = {
@@ -137,4 +138,5 @@ def resolve(job: Job, defaults: Defaults, trainer: Trainer, index: int = 0,
         after=tuple(job_id for _, job_id in ups),
         after_names=tuple(name for name, _ in ups),
         sweep=sweep,
+        env=trainer.env,  # one dict per trainer, shared by its jobs
     )

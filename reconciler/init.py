@@ -10,7 +10,6 @@ import json
 import os
 import re
 import site
-import stat
 import subprocess
 import sys
 import time
@@ -23,15 +22,15 @@ from reconciler.errors import LedgerError
 from reconciler.gitrepo import GitRepo, Signature
 from reconciler.layout import MAIN
 from reconciler.manifest import load_manifest
+from reconciler.resources import resource_dir
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE = PACKAGE_ROOT / "ledger-template"
-HOOKS_SOURCE = PACKAGE_ROOT / "hooks"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages
 HOOK_NAMES = ("pre-receive",)
 CLIENT_HOOK_NAMES = ("pre-commit",)
 
-# DESIGN.md and RELIABILITY.md rule 6. denyNonFastForwards covers refs/heads/*
-# only, so heartbeat amends under refs/heartbeats/ still go through.
+# The server settings docs/operators.md lists: history only moves forward, objects
+# are checked and capped, and every write is fsynced. denyNonFastForwards covers
+# refs/heads/* only, so heartbeat amends under refs/heartbeats/ still go through.
 SERVER_CONFIG = {
     "receive.denyNonFastForwards": "true",
     "receive.denyDeletes": "true",
@@ -59,7 +58,7 @@ def init_ledger(
 ) -> tuple[GitRepo, str, Path]:
     """Create the ledger; returns (repo, first commit, store dir)."""
     directory = Path(directory).absolute()
-    template = Path(template or DEFAULT_TEMPLATE)
+    template = Path(template or resource_dir("ledger-template"))
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise InitError(f"{directory}: exists and is not empty; choose a new directory",
                         path=directory)
@@ -74,9 +73,10 @@ def init_ledger(
         raise
     # An explicit store wins over one the template chose (it kept the template's,
     # so `--store X` created X while workers were told the other one).
-    text = _with_fleet(text, Path(store).absolute() if store else directory.parent / "store",
-                       fleet or {}, keep_template_store=store is None)
+    explicit = store is not None
     store = Path(store).absolute() if store else directory.parent / "store"
+    text = _with_fleet(text, store_setting(store, directory), fleet or {},
+                       keep_template_store=not explicit)
     loaded = load_manifest(text.encode(), filename=str(manifest_path))  # ManifestError if bad
     access = (template / "access.toml").read_bytes() if (template / "access.toml").is_file() \
         else DEFAULT_ACCESS
@@ -106,11 +106,21 @@ def init_ledger(
     return repo, sha, store
 
 
+def store_setting(store: Path, ledger: Path) -> str:
+    """`[fleet] store` as every host can read it: relative to the ledger's
+    directory when the store lies under it (the Pi opens it locally, a worker
+    over ssh at the same host as its ledger), else the Pi's absolute path."""
+    try:
+        return store.relative_to(ledger.parent).as_posix()
+    except ValueError:
+        return store.as_posix()
+
+
 FLEET_HEADER = re.compile(r"^[ \t]*\[[ \t]*fleet[ \t]*\][ \t]*(#.*)?$")
 TABLE_HEADER = re.compile(r"^[ \t]*\[")
 
 
-def _with_fleet(text: str, store: Path, fleet: dict[str, float | int], *,
+def _with_fleet(text: str, store: str, fleet: dict[str, float | int], *,
                 keep_template_store: bool = False) -> str:
     """Point `[fleet] store` at the store and apply overrides, keeping comments.
 
@@ -124,7 +134,7 @@ def _with_fleet(text: str, store: Path, fleet: dict[str, float | int], *,
         return text  # load_manifest names the line and column
     values: dict[str, object] = dict(fleet)
     if not (keep_template_store and isinstance(current, dict) and "store" in current):
-        values = {"store": store.as_posix(), **values}
+        values = {"store": store, **values}
     newline = "\r\n" if "\r\n" in text else "\n"
     lines = text.splitlines(keepends=True)
     header = next((i for i, line in enumerate(lines)
@@ -166,9 +176,8 @@ def hook_script(name: str, python: str = sys.executable) -> str:
     (a version manager's shim adds ~50 ms), `-S` to skip site.py and its .pth
     import hooks (~30 ms more), and the paths it would have added written in:
     the package's own root and this environment's site-packages."""
-    source = HOOKS_SOURCE / name
-    fallback = _FALLBACK_CLIENT_HOOK if name in CLIENT_HOOK_NAMES else _FALLBACK_HOOK
-    body = source.read_text() if source.is_file() else fallback
+    source = resource_dir("hooks") / name
+    body = source.read_text()
     lines = body.splitlines()
     if lines and lines[0].startswith("#!"):
         lines = lines[1:]
@@ -187,9 +196,12 @@ def install_hooks(
         sample.unlink()
     written = []
     for name in names:
-        path = hooks / name
-        path.write_text(hook_script(name, python))
-        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        # written beside and renamed into place: a push during an upgrade runs
+        # the old hook or the new one, never a half-written file
+        path, tmp = hooks / name, hooks / f".{name}.new"
+        tmp.write_text(hook_script(name, python))
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
         written.append(path)
     return written
 
@@ -206,13 +218,21 @@ def install_client_hooks(clone: Path, python: str = sys.executable) -> list[Path
     return install_hooks(clone, python, CLIENT_HOOK_NAMES, hooks)
 
 
-_FALLBACK_HOOK = """#!/usr/bin/env python3
-import sys
-from reconciler.hook import main
-sys.exit(main())
-"""
-_FALLBACK_CLIENT_HOOK = """#!/usr/bin/env python3
-import sys
-from reconciler.precommit import main
-sys.exit(main())
-"""
+
+def install_server_hooks(ledger: Path, python: str = sys.executable) -> list[Path]:
+    """Rewrite a bare ledger's server hooks where git runs them (core.hooksPath or
+    hooks/): after an upgrade they must name the new interpreter and paths."""
+    from reconciler.hookpath import server_hooks_dir
+
+    ledger = Path(ledger).absolute()
+    if not (ledger / "HEAD").is_file() or not (ledger / "refs").is_dir():
+        raise InitError(f"{ledger}: not a bare git repository (give the ledger's path)",
+                        path=ledger)
+    try:
+        hooks = server_hooks_dir(ledger)
+    except OSError as exc:
+        raise InitError(str(exc), path=ledger) from None
+    if not hooks.is_dir():
+        raise InitError(f"{hooks}: core.hooksPath names a directory that does not exist; "
+                        "create it (root-owned, see docs/operators.md) first", path=hooks)
+    return install_hooks(ledger, python, HOOK_NAMES, hooks)

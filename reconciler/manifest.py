@@ -1,5 +1,5 @@
 """Loading the manifest: bytes in, a validated `LoadedManifest` or one readable
-`ManifestError` out, never a traceback (RELIABILITY.md, bad-input matrix).
+`ManifestError` out, never a traceback (the bad-input matrix, tests/BAD_INPUTS.md).
 
 Order matters: size cap, strict UTF-8, TOML parse with `RecursionError` caught,
 pydantic with `extra="forbid"`, then the cross-field rules pydantic cannot see
@@ -21,7 +21,7 @@ from reconciler.identity import JobSpec, resolve
 from reconciler.schema import Manifest
 from reconciler.sweeps import Entry, expand, order, sweep_problems
 
-# DESIGN.md sizes a 100,000-job manifest at 12.9 MB and the schema allows
+# A 100,000-job manifest is about 12.9 MB (docs/performance.md) and the schema allows
 # 200,000 jobs, so the cap is receive.maxInputSize (16 MiB), which already
 # bounds what a push can carry: a bigger file could never reach the ledger.
 MAX_MANIFEST_BYTES = 16 << 20

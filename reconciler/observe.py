@@ -1,4 +1,4 @@
-"""Record what the reconciler sees, on its own monotonic clock (DESIGN.md: liveness
+"""Record what the reconciler sees, on its own monotonic clock (docs/architecture.md: liveness
 is judged on one clock). A worker's timestamps are never read here."""
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ class Action:
 
 def plan(view: View, obs: Observations, now: float) -> list[Action]:
     """Every action the ledger needs now: manifest jobs in manifest order, then
-    pruned orphans. At most one action per job."""
+    orphans (pruned, or swept when held by a silent worker). At most one action
+    per job."""
     actions: list[Action] = []
     fleet = view.fleet
     for job_id, spec in view.specs.items():
@@ -90,11 +91,13 @@ def plan(view: View, obs: Observations, now: float) -> list[Action]:
                   or _rename(state, spec))
         if action:
             actions.append(action)
-    if fleet.prune:
-        for state in orphans(view):
-            action = _cancel(state, True, "removed from the manifest ([fleet] prune)")
-            if action:
-                actions.append(action)
+    for state in orphans(view):
+        # A held orphan whose holder went silent is swept like any other job (else it
+        # stays claimed forever); with prune, a cancel comes first.
+        action = (_cancel(state, fleet.prune, "removed from the manifest ([fleet] prune)")
+                  or _sweep(state, fleet, obs, now)[0])
+        if action:
+            actions.append(action)
     return actions
 
 

@@ -46,6 +46,9 @@ JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 HyperKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
+# A variable [trainers.X] env may set: not the ones the worker sets for every trainer.
+EnvKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+WORKER_ENV = ("TRAINLEDGER_", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 
 # Finite, non-negative and bounded: no NaN, inf, negative or absurd resources.
 Gib = Annotated[float, Field(ge=0, le=1_048_576, allow_inf_nan=False)]
@@ -94,7 +97,9 @@ class Fleet(StrictTypes):
     store: str | None = Field(
         None,
         max_length=1024,
-        description="Artifact store: a local path or ssh://host/path. Workers may override it.",
+        description="Artifact store: a path on the ledger's host (a relative one is taken "
+        "from the ledger's directory; each host reaches it through its ledger URL), or "
+        "ssh://host/path. A worker may override it with --store.",
     )
     prune: bool = Field(
         False, description="Cancel jobs removed from the manifest instead of reporting them."
@@ -131,11 +136,25 @@ class Trainer(StrictTypes):
     timeout_s: Seconds | None = Field(
         None, description="Kill the trainer after this many seconds (the job fails)."
     )
+    env: dict[EnvKey, Annotated[str, StringConstraints(max_length=4096)]] = Field(
+        default_factory=dict, max_length=128,
+        description="Non-secret variables set for the trainer (visible in git: pass secrets "
+                    "with `worker run --pass-env`). TRAINLEDGER_* and CUDA_VISIBLE_DEVICES "
+                    "are the worker's.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _not_the_workers(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if key.startswith(WORKER_ENV):
+                raise ValueError(f"{key!r} is set by the worker for every trainer")
+        return env
 
 
 class Host(StrictTypes):
     allow_jobs: list[ShortText] | None = Field(
-        None, description="Job names or models (globs) this host may run; unset means all."
+        None, description="Job names or models (globs) this host may run; unset or [] means all."
     )
     deny_jobs: list[ShortText] = Field(
         default_factory=list, description="Job names or models (globs) this host never runs."
@@ -299,6 +318,9 @@ class HeldJob(Strict):
     attempt: int = Field(..., ge=1)
     progress: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     last_line: str | None = Field(None, max_length=512)
+    tail: list[Annotated[str, StringConstraints(max_length=512)]] | None = Field(
+        None, max_length=64, description="The trainer's latest lines (`reconciler logs`).")
+    device: int | None = Field(None, ge=0, le=1024, description="CUDA device it runs on.")
 
 
 class Heartbeat(Strict):

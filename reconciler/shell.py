@@ -3,7 +3,7 @@
 `authorized_keys` pins each host's key to
 `restrict,command="trainledger-shell --ledger PATH --store ROOT NAME"`, so the
 pusher's identity is the NAME argument, never a commit author or anything the
-client sends (RELIABILITY.md rules 1-2). sshd puts what the client asked for in
+client sends (docs/failure-model.md, security rules 1-2). sshd puts what the client asked for in
 `SSH_ORIGINAL_COMMAND`; this program allows only git's two pack services on
 exactly the configured ledger path and the three store commands, and execs an
 argv list (never a shell) with `TRAINLEDGER_IDENTITY=NAME` for the hook.

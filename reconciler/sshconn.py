@@ -22,7 +22,10 @@ SOCKET_NAME_CHARS = 1 + 8 + 1 + 40 + 17
 
 
 def is_ssh(url: str) -> bool:
-    return url.startswith("ssh://") or ("@" in url.split("/", 1)[0] and ":" in url)
+    """ssh://... or git's scp-like `[user@]host:path` (a colon before any slash)."""
+    from reconciler.storeurl import is_scp
+
+    return url.startswith("ssh://") or is_scp(url)
 
 
 def control_dir(state_dir: Path) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -57,6 +57,30 @@ CHECKPOINT_SCHEMA: dict[str, Any] = {
         "attempt": {**_INT31, "description": "The attempt that saved it."},
     },
 }
+METRICS_MAX_BYTES = 4096  # a metrics.json larger than this is ignored (with a note)
+METRIC_KEY = r"^[A-Za-z][A-Za-z0-9_.:/-]{0,63}$"
+METRICS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": 64,
+    "propertyNames": {"pattern": METRIC_KEY},
+    "additionalProperties": {"anyOf": [{"type": "number"},
+                                       {"type": "string", "maxLength": 256}]},
+    "description": "The trainer's metrics.json: a flat object of finite numbers and short "
+                   "strings (at most 64 keys, 4 KiB).",
+}
+LOG_SCHEMA: dict[str, Any] = {
+    "title": "LogRef",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["sha256", "size", "attempt"],
+    "properties": {
+        "sha256": {"type": "string", "pattern": r"^[0-9a-f]{64}$",
+                   "description": "sha256 of the .tar.zst bundle holding log.txt."},
+        "size": {"type": "integer", "minimum": 0, "maximum": 2**50,
+                 "description": "Bundle size in bytes."},
+        "attempt": {**_INT31, "description": "The attempt whose log it is."},
+    },
+}
 STATE_SCHEMA: dict[str, Any] = {
     "title": "JobState",
     "description": "Observed state of one job: state/<aa>/<job_id>.json.",
@@ -89,6 +113,13 @@ STATE_SCHEMA: dict[str, Any] = {
         "checkpoint": {"anyOf": [CHECKPOINT_SCHEMA, {"type": "null"}], "default": None,
                        "description": "The latest saved checkpoint dir (.tar.zst); the next "
                        "attempt starts from it. Dropped on completion."},
+        "metrics": {"anyOf": [METRICS_SCHEMA, {"type": "null"}], "default": None,
+                    "description": "The completed attempt's metrics.json, if it wrote one."},
+        "metrics_error": {"anyOf": [{"type": "string", "maxLength": 1024}, {"type": "null"}],
+                          "default": None,
+                          "description": "Why the attempt's metrics.json was ignored."},
+        "log": {"anyOf": [LOG_SCHEMA, {"type": "null"}], "default": None,
+                "description": "The last finished attempt's full log (capped) in the store."},
     },
 }
 
@@ -111,6 +142,10 @@ def check(value: Any, schema: dict[str, Any], where: str = "") -> None:
         raise StateError(f"field {where!r}: expected null", field=where)
     if kind == "boolean" and not isinstance(value, bool):
         raise StateError(f"field {where!r}: expected a boolean, got {value!r}", field=where)
+    if kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float)
+                             or value != value or value in (float("inf"), float("-inf"))):
+        raise StateError(f"field {where!r}: expected a finite number, got {value!r}",
+                         field=where)
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             raise StateError(f"field {where!r}: expected an integer, got {value!r}", field=where)
@@ -127,17 +162,25 @@ def check(value: Any, schema: dict[str, Any], where: str = "") -> None:
     if kind == "object":
         if not isinstance(value, dict):
             raise StateError(f"field {where or '(file)'!r}: expected an object", field=where)
-        props = schema["properties"]
+        props = schema.get("properties", {})  # none: a map whose values all match `extra`
+        extra = schema.get("additionalProperties", False)
+        if len(value) > schema.get("maxProperties", len(value)):
+            raise StateError(f"field {where!r}: more than {schema['maxProperties']} keys",
+                             field=where)
         for key in value:
-            if key not in props:
+            if key not in props and not isinstance(extra, dict):
                 raise StateError(f"field {_join(where, key)!r}: unknown field",
                                  field=_join(where, key))
+            names = schema.get("propertyNames")
+            if names and not (isinstance(key, str) and re.match(names["pattern"], key)):
+                raise StateError(f"field {where!r}: key {str(key)[:80]!r} does not match "
+                                 f"{names['pattern']}", field=where)
         for key in schema.get("required", []):
             if key not in value:
                 raise StateError(f"field {_join(where, key)!r}: missing",
                                  field=_join(where, key))
         for key, item in value.items():
-            check(item, props[key], _join(where, key))
+            check(item, props.get(key, extra), _join(where, key))
 
 
 def _join(where: str, key: str) -> str:
@@ -151,6 +194,16 @@ class Artifact:
 
     def __post_init__(self) -> None:
         check(asdict(self), ARTIFACT_SCHEMA, "artifact")
+
+
+@dataclass(frozen=True)
+class LogRef:
+    sha256: str
+    size: int
+    attempt: int
+
+    def __post_init__(self) -> None:
+        check(asdict(self), LOG_SCHEMA, "log")
 
 
 @dataclass(frozen=True)
@@ -178,6 +231,9 @@ class JobState:
     last_error: str | None = None
     failures: int = 0
     checkpoint: Checkpoint | None = None
+    metrics: dict[str, float | int | str] | None = field(default=None, hash=False)
+    metrics_error: str | None = None
+    log: LogRef | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.artifact, dict):
@@ -185,6 +241,8 @@ class JobState:
         if isinstance(self.checkpoint, dict):
             check(self.checkpoint, CHECKPOINT_SCHEMA, "checkpoint")
             object.__setattr__(self, "checkpoint", Checkpoint(**self.checkpoint))
+        if isinstance(self.log, dict):
+            object.__setattr__(self, "log", LogRef(**self.log))
         if not isinstance(self.status, Status):
             check(self.status, STATE_SCHEMA["properties"]["status"], "status")
             object.__setattr__(self, "status", Status(self.status))
@@ -210,6 +268,8 @@ class JobState:
             else self.artifact
         out["checkpoint"] = asdict(self.checkpoint) if isinstance(self.checkpoint, Checkpoint) \
             else self.checkpoint
+        out["log"] = asdict(self.log) if isinstance(self.log, LogRef) else self.log
+        out["metrics"] = dict(self.metrics) if self.metrics is not None else None
         return out
 
     @classmethod
@@ -223,8 +283,9 @@ class JobState:
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, 2-space indent, trailing newline. The
-        pipeline fields are left out at their defaults, so a job that never
-        failed a trainer or saved a checkpoint has the bytes it always had."""
+        pipeline and result fields are left out at their defaults, so a job that
+        never failed a trainer, saved a checkpoint or wrote metrics has the bytes
+        it always had."""
         data = self.model_dump()
         for key in _OMITTED_AT_DEFAULT:
             if data[key] == STATE_SCHEMA["properties"][key]["default"]:
@@ -236,7 +297,7 @@ class JobState:
         return state_path(self.job_id)
 
 
-_OMITTED_AT_DEFAULT = ("failures", "checkpoint")
+_OMITTED_AT_DEFAULT = ("failures", "checkpoint", "metrics", "metrics_error", "log")
 
 
 def state_path(job_id: str) -> str:

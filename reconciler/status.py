@@ -2,7 +2,7 @@
 
 It reads only the ledger (main and the heartbeat refs), so it answers from any
 clone with no daemon running; the reconciler's own heartbeat adds what the
-daemon saw. The `--json` shape is a contract (DESIGN.md). A fresh process
+daemon saw. The `--json` shape is a contract (docs/reconciler.md). A fresh process
 starts from the parse it saved last time, so it parses only what changed
 (under a second on 10,000 jobs).
 """
@@ -217,6 +217,8 @@ def render_reconciler(rec: dict[str, Any] | None) -> list[str]:
     if report.get("last_error"):
         lines.append(f"  last error: {report['last_error']}")
     lines += [f"  illegal commit: {f}" for f in report.get("findings") or []]
+    lines += [f"  refused by the ledger: {r.get('action')} {r.get('job')} "
+              f"({r.get('transition')}): {r.get('rule')}" for r in report.get("refused") or []]
     if report.get("orphans"):
         lines.append(f"  {len(report['orphans'])} job(s) no longer in the manifest (orphans)")
     return lines

@@ -530,7 +530,11 @@ def serve_has(root: Path, sha256: str) -> int:
 
 
 def open_store(url: str, state_dir: Path) -> Store:
-    """A path or file:// URL is a LocalStore; ssh://[user@]host[:port]/path an SshStore."""
+    """A path or file:// URL is a LocalStore; ssh://[user@]host[:port]/path or
+    scp-style [user@]host:/path an SshStore (never a local dir named `host:`)."""
+    from reconciler.storeurl import normalize
+
+    url = normalize(url)
     if url.startswith("ssh://"):
         return SshStore(url, state_dir)
     if url.startswith("file://"):

@@ -22,7 +22,7 @@ from enum import StrEnum
 
 from reconciler import trailers
 from reconciler.errors import IllegalTransition
-from reconciler.state import HELD, Artifact, Checkpoint, JobState, Status
+from reconciler.state import HELD, Artifact, Checkpoint, JobState, LogRef, Status
 
 P, C, R = Status.PENDING, Status.CLAIMED, Status.RUNNING
 DONE, FAIL, CANC = Status.COMPLETED, Status.FAILED, Status.CANCELLED
@@ -79,6 +79,9 @@ def _same(old: JobState, new: JobState, *fields: str) -> str | None:
     return None
 
 
+RESULT = ("metrics", "metrics_error", "log")  # written only by a worker's complete or fail
+
+
 def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:
     if old.holder != actor.name:
         return f"held by {old.holder} (attempt {old.attempt}), not {actor.name}"
@@ -92,11 +95,11 @@ def _claim(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | No
         return f"a claim must raise the attempt by one ({old.attempt} -> {old.attempt + 1})"
     if new.holder != actor.name:
         return f"a worker claims only for itself (holder {new.holder}, pusher {actor.name})"
-    return _same(old, new, "lost", "cpu_ok", "failures", "checkpoint")
+    return _same(old, new, "lost", "cpu_ok", "failures", "checkpoint", *RESULT)
 
 
 def _start(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
-    return _fenced(old, new, actor) or _same(old, new, "holder", "lost", "cpu_ok")
+    return _fenced(old, new, actor) or _same(old, new, "holder", "lost", "cpu_ok", *RESULT)
 
 
 def _finish(old: JobState, new: JobState, actor: Actor, _max: Budget) -> str | None:
@@ -189,6 +192,14 @@ def _requeue(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str |
     return rule
 
 
+def _import(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str | None:
+    """`reconciler import-seed`: a result the seed fleet trained, its bundle
+    already verified into the store, so the job is never trained again."""
+    if new.artifact is None:
+        return "an import names the imported bundle (artifact)"
+    return _same(old, new, "attempt", "lost", "cpu_ok", "holder")
+
+
 def _open_grace(old: JobState, new: JobState, _actor: Actor, _max: Budget) -> str | None:
     rule = _same(old, new, "attempt", "lost", "holder", "artifact")
     if rule is None and old.cpu_ok == new.cpu_ok and old.last_error == new.last_error:
@@ -215,6 +226,7 @@ TABLE: dict[tuple[Status, Status], list[tuple[Role, Check, str]]] = {
     (CANC, P): [(OP, _requeue, "requeue")],
     (DONE, P): [(OP, _requeue, "requeue")],
     (P, P): [(REC, _open_grace, "open")],
+    (P, DONE): [(OP, _import, "import")],
 }
 
 
@@ -331,15 +343,25 @@ def start(state: JobState) -> Step:
     return Step(state, state.model_copy(update={"status": Status.RUNNING}), Move.START)
 
 
-def complete(state: JobState, artifact: Artifact) -> Step:
+def complete(state: JobState, artifact: Artifact, *, metrics: dict | None = None,
+             metrics_error: str | None = None, log: LogRef | None = None) -> Step:
+    """The attempt's result: its bundle, its metrics.json (or why it was ignored)
+    and its log; the checkpoint is dropped (a completed job keeps none)."""
     return Step(state, state.model_copy(update={
         "status": Status.COMPLETED, "holder": None, "artifact": artifact, "last_error": None,
-        "checkpoint": None}), Move.COMPLETE)
+        "checkpoint": None, "metrics": metrics, "metrics_error": metrics_error, "log": log}),
+        Move.COMPLETE)
 
 
-def fail(state: JobState, error: str) -> Step:
+def fail(state: JobState, error: str, *, log: LogRef | None = None) -> Step:
     return Step(state, state.model_copy(update={
-        "status": Status.FAILED, "holder": None, "last_error": error}), Move.FAIL)
+        "status": Status.FAILED, "holder": None, "last_error": error, **_failed_result(log)}),
+        Move.FAIL)
+
+
+def _failed_result(log: LogRef | None) -> dict[str, object]:
+    """A failed attempt leaves no metrics; its log, if stored, is named."""
+    return {"metrics": None, "metrics_error": None, "log": log}
 
 
 def release(state: JobState, why: str, *, spend: bool = False,
@@ -398,18 +420,18 @@ def restore(illegal: JobState, legal: JobState) -> Step:
     return Step(illegal, legal, Move.RESTORE)
 
 
-def retry(state: JobState, error: str) -> Step:
+def retry(state: JobState, error: str, *, log: LogRef | None = None) -> Step:
     """A held job whose trainer failed with retries left: pending again, one more failure."""
     return Step(state, state.model_copy(update={
         "status": Status.PENDING, "holder": None, "failures": state.failures + 1,
-        "last_error": error}), Move.RETRY)
+        "last_error": error, **_failed_result(log)}), Move.RETRY)
 
 
-def fail_trainer(state: JobState, error: str) -> Step:
+def fail_trainer(state: JobState, error: str, *, log: LogRef | None = None) -> Step:
     """A held job whose trainer failed with no retries left."""
     return Step(state, state.model_copy(update={
         "status": Status.FAILED, "holder": None, "failures": state.failures + 1,
-        "last_error": error}), Move.FAIL)
+        "last_error": error, **_failed_result(log)}), Move.FAIL)
 
 
 def record_checkpoint(state: JobState, sha256: str, size: int) -> Step:

@@ -39,7 +39,7 @@ class FakeRun:
 
     def __init__(self, spec, attempt: int, attempt_dir: Path, log_path: Path,
                  device: int | None = None, exited: threading.Event | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, **_runtime: object) -> None:
         self.spec, self.attempt, self.dir, self.device = spec, attempt, attempt_dir, device
         self.output_dir = attempt_dir / "out"
         self.log_path = log_path
@@ -72,6 +72,12 @@ class FakeRun:
 
     def log_tail(self, limit: int = 2048) -> str:
         return "fake trainer log\n"
+
+    def tail_lines(self, n: int = 20, max_bytes: int = 4096) -> list[str]:
+        return ["fake trainer log"]
+
+    def error_line(self) -> str:
+        return "fake trainer log"
 
 
 def memory_ledger(clock: FakeClock, jobs: list[dict], **fleet: object) -> MemoryLedger:

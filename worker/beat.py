@@ -28,6 +28,8 @@ class Held:
     attempt: int
     progress: float | None
     last_line: str | None
+    tail: list[str] | None = None  # the latest lines, for `reconciler logs` of a running job
+    device: int | None = None
 
 
 def revocation(state: JobState | None, worker: str, attempt: int) -> str | None:
@@ -48,7 +50,7 @@ class Beater(threading.Thread):
         self,
         ledger: LedgerPort,
         worker: str,
-        capability: Capability,
+        capability: Capability | Callable[[], Capability],
         slots: int,
         held: Callable[[], list[Held]],
         on_revoked: Callable[[str, int, str], None],
@@ -85,11 +87,17 @@ class Beater(threading.Thread):
 
     def beat_once(self, final: bool = False) -> bool:
         held = [] if final else self.held()
+        try:  # fresh figures, less what the running jobs reserve (worker/resources.py)
+            cap = self.capability() if callable(self.capability) else self.capability
+        except Exception:
+            log.exception("event=capability-error worker=%s", self.worker)
+            cap = None
         beat = Heartbeat(
             worker=self.worker, seq=self.seq, sent_at=self.ledger.clock(), slots=self.slots,
-            capability=self.capability,
+            capability=cap,
             jobs=[HeldJob(job_id=h.job_id, attempt=h.attempt, progress=h.progress,
-                          last_line=h.last_line) for h in held],
+                          last_line=h.last_line, tail=h.tail or None, device=h.device)
+                  for h in held],
         )
         self.seq += 1
         try:

@@ -320,16 +320,49 @@ def usable_cores(limits: CgroupLimits) -> int:
 # ------------------------------------------------------------------ detection
 
 
-def detect_capability() -> Capability:
-    """This host as it is now. Never raises for a missing GPU, torch or cgroup."""
+def _memory(limits: CgroupLimits) -> tuple[int, int]:
+    """(total, available) bytes, capped by the cgroup's memory limit."""
     mem = psutil.virtual_memory()
-    limits = cgroup_limits()
     total, available = mem.total, mem.available
     if limits.memory_bytes is not None:
         total = min(total, limits.memory_bytes)
         if limits.memory_used_bytes is not None:
             available = min(available, limits.memory_bytes - limits.memory_used_bytes)
-    available = min(max(available, 0), total)
+    return total, min(max(available, 0), total)
+
+
+def refresh_capability(cap: Capability) -> Capability:
+    """`cap` with available RAM and each device's free VRAM read again: cheap
+    (/proc, cgroup files, one nvidia-smi call; never torch), so a worker asks
+    before each claim decision and each heartbeat. A device nvidia-smi does not
+    report keeps its last figure."""
+    total, available = _memory(cgroup_limits())
+    update: dict[str, Any] = {"ram_total_gib": _gib(total), "ram_available_gib": _gib(available)}
+    if cap.cuda_devices:
+        fresh = nvidia_smi_devices()
+        update["cuda_devices"] = [_fresh_figure(d, fresh) for d in cap.cuda_devices]
+    return cap.model_copy(update=update)
+
+
+def _fresh_figure(device: CudaDevice, fresh: list[CudaDevice]) -> CudaDevice:
+    """nvidia-smi numbers devices by PCI bus, torch (which detected them) may
+    number them fastest first: match on the same index and name, else on a name
+    and size only one device has; no match keeps the last figure."""
+    same = [f for f in fresh if f.name == device.name
+            and abs(f.vram_total_gib - device.vram_total_gib) < 0.5]
+    match = next((f for f in same if f.index == device.index), None)
+    if match is None and len(same) == 1:
+        match = same[0]
+    if match is None:
+        return device
+    return device.model_copy(update={"vram_free_gib": min(match.vram_free_gib,
+                                                          device.vram_total_gib)})
+
+
+def detect_capability() -> Capability:
+    """This host as it is now. Never raises for a missing GPU, torch or cgroup."""
+    limits = cgroup_limits()
+    total, available = _memory(limits)
     devices = cuda_devices()
     physical = psutil.cpu_count(logical=False)
     return Capability(

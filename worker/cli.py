@@ -32,6 +32,24 @@ def _capability(args: argparse.Namespace) -> Capability:
     return load_capability(args.capability) if args.capability else detect_capability()
 
 
+def _resources(args: argparse.Namespace, cap: Capability):
+    """Fresh figures: the --capability file read again (tests change it), else
+    RAM and nvidia-smi read again (worker/resources.py)."""
+    from worker.capability import load_capability, refresh_capability
+    from worker.resources import Resources
+
+    if args.capability:
+        return Resources(cap, lambda _old: load_capability(args.capability))
+    return Resources(cap, refresh_capability)
+
+
+def pass_env_patterns(args: argparse.Namespace) -> tuple[str, ...]:
+    """--pass-env globs, plus TRAINLEDGER_PASS_ENV (space or comma separated) from
+    the unit's environment file."""
+    extra = os.environ.get("TRAINLEDGER_PASS_ENV", "").replace(",", " ").split()
+    return tuple(args.pass_env or []) + tuple(extra)
+
+
 def cmd_capability(args: argparse.Namespace) -> int:
     from worker.capability import capability_json, self_test
 
@@ -60,19 +78,50 @@ def _ledgers(args: argparse.Namespace):
     return state_dir, main
 
 
+def _held_reservations(ledger, snap, name: str) -> list:
+    """What the jobs this worker holds reserve, on the devices its last heartbeat
+    says they run on: `explain` judges as the running worker would."""
+    from worker.resources import Reservation
+
+    ledger.fetch(heartbeats=True)
+    rec = ledger.heartbeats().get(name)
+    devices = {j.job_id: j.device for j in rec.beat.jobs} if rec and rec.beat else {}
+    specs = snap.manifest.specs
+    out = []
+    for job_id, state in snap.states.items():
+        spec = specs.get(job_id)
+        if state.holder == name and spec is not None:
+            device = devices.get(job_id)
+            out.append(Reservation(device, spec.min_vram_gib if device is not None else 0.0,
+                                   spec.min_ram_gib))
+    return out
+
+
+def judged_figures(cap: Capability) -> dict:
+    return {"ram_available_gib": cap.ram_available_gib, "ram_total_gib": cap.ram_total_gib,
+            "gpus": [{"index": d.index, "name": d.name, "vram_free_gib": d.vram_free_gib,
+                      "vram_total_gib": d.vram_total_gib} for d in cap.cuda_devices]}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.eligibility import explain
+    from worker.resources import judged
 
-    cap = _capability(args)
     _state_dir, ledger = _ledgers(args)
     snap = ledger.snapshot(ledger.fetch())
     if snap.manifest is None:
         raise LedgerError(f"the ledger's manifest is invalid: {snap.manifest_error}")
+    cap = judged(_capability(args), _held_reservations(ledger, snap, args.name))
     rows = explain(snap.manifest, snap.states, args.name, cap)
+    figures = judged_figures(cap)
     if args.json:
-        print(json.dumps({"worker": args.name, "revision": snap.revision, "jobs": rows},
-                         indent=2, sort_keys=True))
+        print(json.dumps({"worker": args.name, "revision": snap.revision, "jobs": rows,
+                          "judged_by": figures}, indent=2, sort_keys=True))
         return 0
+    gpus = ", ".join(f"cuda:{g['index']} {g['vram_free_gib']:g}/{g['vram_total_gib']:g} GiB free"
+                     for g in figures["gpus"]) or "no CUDA device"
+    print(f"judged by: RAM {figures['ram_available_gib']:g}/{figures['ram_total_gib']:g} GiB "
+          f"available, {gpus} (less what this worker's running jobs reserve)")
     if not rows:
         print("no pending jobs")
     for row in rows:
@@ -81,7 +130,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+WSL2_HINT = ("a worker cannot run natively on Windows (trainers need the Linux process "
+             "model: process groups, PR_SET_PDEATHSIG); run it inside WSL2, where CUDA "
+             "works too: scripts/install-worker-windows.ps1 sets that up (docs/operators.md, "
+             "'Windows hosts')")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":  # refuse at start-up, not at the first claim with a job held
+        raise LedgerError(WSL2_HINT)
     from reconciler.ledger import Ledger
     from reconciler.store import open_store
     from worker.capability import self_test
@@ -95,15 +152,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     beat_ledger = Ledger(args.ledger, state_dir / "beat.git", args.name)
 
     def store_factory(loaded):
-        url = args.store or loaded.fleet.store
-        if not url:
-            raise LedgerError("no store: pass --store or set [fleet] store in the manifest")
-        return open_store(url, state_dir)
+        from reconciler.storeurl import describe_store, resolve
+
+        url = resolve(args.store, loaded.fleet.store, args.ledger)
+        store = open_store(url, state_dir)
+        print(f"worker {args.name}: artifacts go to {describe_store(store)}", flush=True)
+        return store
 
     config = WorkerConfig(name=args.name, state_dir=state_dir, poll_s=args.poll_s,
                           slots=args.slots, exit_when_idle=args.exit_when_idle,
-                          max_jobs=args.max_jobs)
-    worker = Worker(config, ledger, beat_ledger, store_factory, cap)
+                          max_jobs=args.max_jobs, pass_env=pass_env_patterns(args))
+    worker = Worker(config, ledger, beat_ledger, store_factory, _resources(args, cap))
     worker.install_signal_handlers()
     logging.getLogger("trainledger").info(
         "event=worker-start worker=%s ledger=%s state_dir=%s pid=%s", args.name, args.ledger,
@@ -129,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_ledger_arg(run)
     run.add_argument("--name", default=socket.gethostname().split(".")[0],
                      help="this worker's name (default: hostname)")
-    run.add_argument("--store", help="store path or ssh:// URL (default: the manifest's)")
+    run.add_argument("--store", help="store path, ssh://host/path or host:/path (default: the "
+                     "manifest's, a path on the ledger's host)")
     run.add_argument("--capability", type=Path, help="JSON capability instead of detection")
     run.add_argument("--exit-when-idle", action="store_true",
                      help="exit 0 once nothing is eligible and nothing is running")
@@ -138,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--slots", type=positive_int, default=1, help="jobs run at once")
     run.add_argument("--max-jobs", type=positive_int, help="exit after claiming this many jobs")
     run.add_argument("--state-dir", type=Path, help="cache, logs and outputs")
+    run.add_argument("--pass-env", action="append", metavar="PATTERN",
+                     help="pass this worker's variables matching the glob to trainers "
+                          "(repeatable; also $TRAINLEDGER_PASS_ENV); the way for secrets")
     run.set_defaults(func=cmd_run)
 
     cap = add("capability", "what this host can run")

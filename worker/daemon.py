@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import transitions
-from reconciler.eligibility import EligibleJobs, choose_device, reasons
+from reconciler.eligibility import EligibleJobs, reasons
 from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
 from reconciler.identity import JobSpec
 from reconciler.lease import Lease
@@ -32,14 +32,19 @@ from reconciler.schema import HELD, Artifact, Capability, Checkpoint, JobState, 
 from reconciler.sdnotify import notify
 from reconciler.store import Store, pack_into
 from reconciler.upstream import inputs_of
+from worker import reaper
 from worker.beat import Beater, Held
 from worker.checkpoint import CheckpointDir
+from worker.metrics import read_metrics, store_log
 from worker.pipeline import PipelineSteps
+from worker.resources import Reservation, Resources, place, reservation
 from worker.runner import Outcome, TrainerRun
+from worker.tipmanifest import last_valid_manifest
 
 log = logging.getLogger("trainledger.worker")
 MAX_ERROR = 8000
 MakeStep = Callable[[JobState], transitions.Step]  # a fenced write: the move, given the state
+BEAT_TAIL_TOTAL = 24 * 1024  # log lines carried by one heartbeat, all jobs together
 
 
 @dataclass
@@ -51,6 +56,7 @@ class WorkerConfig:
     exit_when_idle: bool = False
     max_jobs: int | None = None
     stop_grace_s: float = 10.0
+    pass_env: tuple[str, ...] = ()  # --pass-env globs
 
 
 def event(kind: str, **fields: object) -> None:
@@ -64,7 +70,7 @@ class Worker(PipelineSteps):
     let a test drive `step()` on fake time with fake trainers."""
 
     def __init__(self, config: WorkerConfig, ledger: LedgerPort, beat_ledger: LedgerPort,
-                 store: Callable[[LoadedManifest], Store], capability: Capability,
+                 store: Callable[[LoadedManifest], Store], capability: Capability | Resources,
                  rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
@@ -72,7 +78,9 @@ class Worker(PipelineSteps):
         self.config = config
         self.name = config.name
         self.ledger = ledger
-        self.capability = capability
+        self.resources = capability if isinstance(capability, Resources) \
+            else Resources(capability)
+        self.capability = self.resources.measured()  # what the last claim decision judged by
         self._store_factory = store
         self._store: Store | None = None
         self.rng = rng or random.Random()
@@ -91,7 +99,8 @@ class Worker(PipelineSteps):
         self._unreachable_since: float | None = None
         self._eligible_jobs = EligibleJobs()
         self._eligible_at: tuple[object, ...] | None = None  # (revision, manifest, capability)
-        self.beater = Beater(beat_ledger, self.name, capability, config.slots, self._held,
+        self._manifest_error: str | None = None
+        self.beater = Beater(beat_ledger, self.name, self._judged, config.slots, self._held,
                              self._on_revoked, self._heartbeat_s, clock)
 
     # ------------------------------------------------------------ lifecycle
@@ -115,6 +124,7 @@ class Worker(PipelineSteps):
 
     def run(self) -> int:
         """Until stopped, or idle with --exit-when-idle, or --max-jobs claimed."""
+        self._kill_leftovers()
         self.beater.start()
         notify("READY=1")
         try:
@@ -142,6 +152,15 @@ class Worker(PipelineSteps):
             return True
         return (self.config.max_jobs is not None and not self.runs
                 and self.claimed_total >= self.config.max_jobs)
+
+    def _kill_leftovers(self) -> None:
+        """What a SIGKILLed predecessor on this state dir left running (its
+        shepherds fence their trees, but a shepherd can be killed too): killed
+        before the first claim, so a swept job never trains twice here."""
+        killed = reaper.kill_fenced(reaper.state_token(self.config.state_dir))
+        if killed:
+            log.warning("event=leftovers-killed worker=%s pids=%s", self.name,
+                        ",".join(map(str, sorted(set(killed)))))
 
     def teardown(self) -> None:
         """Stop trainers, release held jobs (not counted against the budget), last beat."""
@@ -178,7 +197,22 @@ class Worker(PipelineSteps):
         return self._lease().worker_tick_s(self.config.poll_s)
 
     def _observe(self, snap: Snapshot) -> LoadedManifest | None:
-        """Keep the last manifest that validated: a bad commit must not stop work."""
+        """Keep the last manifest that validated: a bad commit must not stop work.
+        A worker that starts on a broken tip looks back in history for it, as the
+        reconciler does, and says so once per error."""
+        if snap.manifest is None and snap.manifest_error != self._manifest_error:
+            self._manifest_error = snap.manifest_error
+            if snap.manifest_error:
+                found = None if self.manifest else last_valid_manifest(self.ledger, snap.revision)
+                if found is not None:
+                    self.manifest = found[0]
+                log.warning("event=manifest-error worker=%s error=%r acting_on=%s", self.name,
+                            snap.manifest_error.splitlines()[0],
+                            "the last valid manifest" + (f" (commit {found[1][:12]})"
+                                                         if found else "")
+                            if self.manifest else "nothing: no valid manifest in history")
+        elif snap.manifest is not None:
+            self._manifest_error = None
         if snap.manifest is not None:
             if snap.manifest is not self.manifest:  # the ledger caches it per blob id
                 lease = Lease.of(snap.manifest.fleet)
@@ -208,17 +242,35 @@ class Worker(PipelineSteps):
             return False
         chosen: list[tuple[JobSpec, transitions.Step]] = []
         upstream: dict[str, dict[str, JobState]] = {}
+        devices: dict[str, int | None] = {}
+        self.capability = self._judged()
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
             loaded = self._observe(snap)
             if loaded is None:
                 return None
-            for spec in self._eligible(loaded, snap).pick(free, self.rng, skip=self.runs):
-                old = snap.states[spec.job_id]
-                if spec.after:
-                    upstream[spec.job_id] = inputs_of(spec, snap.states)
-                chosen.append((spec, transitions.claim(old, self.name)))
+            host = loaded.manifest.hosts.get(self.name)
+            eligible = self._eligible(loaded, snap)
+            cap, considered, refused = self.capability, set(self.runs), 0
+            # each job placed reserves its VRAM/RAM, so a later one of the same claim may
+            # no longer fit; only then is a second, wider pick made (pick's randomness
+            # among equals is what keeps racing workers apart: keep it for the rest)
+            for want in (free, free * 2):
+                for spec in eligible.pick(want, self.rng, skip=considered):
+                    if len(chosen) == free:
+                        break
+                    considered.add(spec.job_id)
+                    old = snap.states[spec.job_id]
+                    if reasons(spec, old, self.name, host, cap):
+                        refused += 1
+                        continue
+                    devices[spec.job_id], cap = place(spec, cap)
+                    if spec.after:
+                        upstream[spec.job_id] = inputs_of(spec, snap.states)
+                    chosen.append((spec, transitions.claim(old, self.name)))
+                if len(chosen) == free or not refused:
+                    break
             if not chosen:
                 return None
             return Proposal.of_steps([step for _, step in chosen])
@@ -231,7 +283,7 @@ class Worker(PipelineSteps):
                   lost_races=outcome.lost_races)
             self.claimed_total += 1
             self._start(spec, step.new.attempt, step.new.checkpoint,
-                        upstream.get(spec.job_id, {}))
+                        upstream.get(spec.job_id, {}), devices.get(spec.job_id))
         self._commit_start([(s.job_id, step.new.attempt) for s, step in chosen])
         self.beater.poke()
         return False
@@ -246,7 +298,7 @@ class Worker(PipelineSteps):
         host = loaded.manifest.hosts.get(self.name)
         last = self._eligible_at
         if last is not None and last[0] == snap.base and last[1] is loaded \
-                and last[2] is self.capability:
+                and last[2] == self.capability:
             # a job waiting on an upstream is judged again when the upstream changes
             ids: Iterable[str] = set(snap.changed).union(
                 *(loaded.downstream.get(j, ()) for j in snap.changed))
@@ -283,8 +335,15 @@ class Worker(PipelineSteps):
 
     # -------------------------------------------------------------------- run
 
+    def _judged(self) -> Capability:
+        """Fresh figures less what our running jobs reserve (worker/resources.py)."""
+        return self.resources.now(self._reservations())
+
+    def _reservations(self) -> list[Reservation]:
+        return [reservation(r.spec, r.device) for r in list(self.runs.values())]
+
     def _start(self, spec: JobSpec, attempt: int, checkpoint: Checkpoint | None = None,
-               upstream: dict[str, JobState] | None = None) -> None:
+               upstream: dict[str, JobState] | None = None, device: int | None = None) -> None:
         attempt_dir = self.config.state_dir / "jobs" / f"{spec.job_id}-{attempt}"
         if attempt_dir.exists():
             shutil.rmtree(attempt_dir)
@@ -292,8 +351,9 @@ class Worker(PipelineSteps):
         env = self._prepare(spec, attempt, attempt_dir, checkpoint, upstream or {})
         if env is None:
             return
-        run = self._runner(spec, attempt, attempt_dir, log_path,
-                           choose_device(spec, self.capability), self.exited, env)
+        run = self._runner(spec, attempt, attempt_dir, log_path, device, self.exited, env,
+                           pass_env=self.config.pass_env,
+                           fence=reaper.run_token(self.config.state_dir, spec.job_id, attempt))
         try:
             run.start(self.clock())
         except OSError as exc:
@@ -314,8 +374,10 @@ class Worker(PipelineSteps):
                 self._on_revoked(job_id, attempt, "lost before it started")
 
     def _held(self) -> list[Held]:
-        return [Held(r.spec.job_id, r.spec.name, r.attempt, r.progress, r.last_line)
-                for r in list(self.runs.values())]
+        runs = list(self.runs.values())
+        budget = BEAT_TAIL_TOTAL // max(1, len(runs))  # the hook caps a beat at 64 KiB
+        return [Held(r.spec.job_id, r.spec.name, r.attempt, r.progress, r.last_line,
+                     r.tail_lines(max_bytes=min(4096, budget)), r.device) for r in runs]
 
     def _on_revoked(self, job_id: str, attempt: int, why: str) -> None:
         with self._lock:
@@ -376,8 +438,19 @@ class Worker(PipelineSteps):
             self._finish_completed(run)
         else:
             event("trainer-failed", job=name, attempt=attempt, reason=repr(outcome.reason))
-            self._finish_failed(run, f"trainer {outcome.reason}; log tail:\n{run.log_tail()}",
-                                trainer=True)
+            line = run.error_line()
+            self._finish_failed(run, f"trainer {outcome.reason}" + (f": {line}" if line else "")
+                                + f"\nlog tail:\n{run.log_tail()}", trainer=True)
+
+    def _store_log(self, run: TrainerRun):
+        """The attempt's whole log in the store; None (and an event) if it cannot
+        go there: a lost log never costs the job its result."""
+        try:
+            return store_log(self.store(), run.log_path, run.dir, run.attempt)
+        except (StoreError, BundleError, OSError, LedgerError) as exc:
+            event("log-store-failed", job=run.spec.name, attempt=run.attempt,
+                  error=repr(str(exc)))
+            return None
 
     def _finish_completed(self, run: TrainerRun) -> None:
         try:
@@ -389,8 +462,15 @@ class Worker(PipelineSteps):
         except StoreError as exc:
             self._store_failed(run, exc)
             return
+        metrics, metrics_error = read_metrics(run.output_dir)
+        if metrics_error:
+            event("metrics-ignored", job=run.spec.name, attempt=run.attempt,
+                  reason=repr(metrics_error))
+        log_ref = self._store_log(run)
         written = self._fenced({run.spec.job_id: (
-            run.attempt, Status.RUNNING, lambda s: transitions.complete(s, artifact))})
+            run.attempt, Status.RUNNING,
+            lambda s: transitions.complete(s, artifact, metrics=metrics,
+                                           metrics_error=metrics_error, log=log_ref))})
         if run.spec.job_id in written:
             event("complete", job=run.spec.name, attempt=run.attempt, sha256=artifact.sha256,
                   size=artifact.size)
@@ -429,16 +509,20 @@ class Worker(PipelineSteps):
     def _finish_failed(self, run: TrainerRun, error: str, trainer: bool = False) -> None:
         """A trainer failure (exit != 0, timeout, signal, unbundlable outputs) with
         retries left sends the job back to pending; otherwise it fails."""
-        error = error[-MAX_ERROR:]
+        log_ref = self._store_log(run) if run.log_path.exists() else None
+        if len(error) > MAX_ERROR:  # keep the first line (the error) and the tail
+            head, _, rest = error.partition("\n")
+            head = head[:MAX_ERROR // 4]
+            error = head + "\n" + rest[-(MAX_ERROR - len(head) - 1):]
         moved: dict[str, str] = {}
 
         def make(s: JobState) -> transitions.Step:
             if trainer and s.failures < run.spec.retries:
-                step = transitions.retry(s, error)
+                step = transitions.retry(s, error, log=log_ref)
             elif trainer:
-                step = transitions.fail_trainer(s, error)
+                step = transitions.fail_trainer(s, error, log=log_ref)
             else:
-                step = transitions.fail(s, error)
+                step = transitions.fail(s, error, log=log_ref)
             moved["meaning"], moved["failures"] = step.move.value, str(step.new.failures)
             return step
 

@@ -1,11 +1,18 @@
 """Run one trainer as a supervised subprocess.
 
-The trainer gets an argv list (never a shell), a clean environment, its own
-process group (so a stop reaches its children too) and, on Linux, the
-parent-death signal: if the worker is SIGKILLed its trainer dies with it, so a
-swept job is never trained twice at once on one host. PR_SET_PDEATHSIG fires
-when the *thread* that forked exits, so trainers are started from the worker's
-main thread only.
+The trainer gets an argv list (never a shell), a clean environment (plus what
+`--pass-env` and `[trainers.X] env` add), its own process group (so a stop
+reaches its children too) and a shepherd (worker/shepherd.py) between it and
+the worker: if the worker is SIGKILLed, the shepherd's parent-death signal
+makes it kill the trainer's whole process tree, wrappers' children included,
+so a swept job is never trained twice at once on one host. PR_SET_PDEATHSIG
+fires when the *thread* that forked exits, so trainers are started from the
+worker's main thread only.
+
+The output is read in chunks and split at `\n` *and* `\r`: progress bars
+(tqdm, Lightning, Hugging Face) redraw one line with `\r`, and each redraw is
+a line for `last_line` and progress (a redraw replaces the line before it in
+the tail, so the tail is not all progress bars).
 """
 
 from __future__ import annotations
@@ -20,15 +27,25 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from reconciler.identity import JobSpec
+from worker.reaper import FENCE_ENV, kill_fenced
 
 PROGRESS_RE = re.compile(r"^\s*progress:\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
+TQDM_RE = re.compile(r"(\d{1,3}(?:\.\d+)?)%\|")  # tqdm's " 45%|####      | 45/100"
+LINE_RE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")
 PR_SET_PDEATHSIG = 1
 LOG_TAIL_BYTES = 2048
+MAX_LINE = 512  # last_line and each heartbeat tail line
+TAIL_LINES = 64  # kept in memory for the error's tail
+BEAT_LINES = 20  # carried by each heartbeat (`reconciler logs` of a running job)
+BEAT_TAIL_BYTES = 4096
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER", "LOGNAME")
+SHEPHERD = Path(__file__).with_name("shepherd.py")
 
 
 def trainer_argv(spec: JobSpec, python: str = sys.executable) -> list[str]:
@@ -44,10 +61,24 @@ def trainer_argv(spec: JobSpec, python: str = sys.executable) -> list[str]:
     return argv
 
 
+def passed_env(source: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    """The worker's variables whose names match a `--pass-env` glob (case-sensitive)."""
+    return {k: v for k, v in source.items()
+            if any(fnmatchcase(k, p) for p in patterns) and not k.startswith("TRAINLEDGER_")}
+
+
 def trainer_env(spec: JobSpec, attempt: int, output_dir: Path, spec_path: Path,
-                device: int | None, base: dict[str, str] | None = None) -> dict[str, str]:
+                device: int | None, base: Mapping[str, str] | None = None,
+                pass_env: Sequence[str] = (), fence: str | None = None) -> dict[str, str]:
+    """Eight basic variables, then `[trainers.X] env`, then the worker's variables
+    matching `--pass-env` (the host knows its own paths and secrets, so it wins),
+    then the TRAINLEDGER_* and CUDA variables, which nothing overrides."""
     source = os.environ if base is None else base
     env = {k: source[k] for k in PASSED_ENV if k in source}
+    env.update(getattr(spec, "env", None) or {})
+    env.update(passed_env(source, pass_env))
+    if fence:
+        env[FENCE_ENV] = fence
     env.update({
         "TRAINLEDGER_JOB_ID": spec.job_id,
         "TRAINLEDGER_JOB_NAME": spec.name,
@@ -74,17 +105,35 @@ def visible_device(device: int | None, parent: str | None) -> str:
 
 
 def parse_progress(line: str) -> float | None:
+    """`progress: 0.45` / `progress: 45%`, or a tqdm-style bar's last `NN%|`."""
     m = PROGRESS_RE.match(line)
-    if not m:
-        return None
-    value = float(m.group(1)) / (100.0 if m.group(2) else 1.0)
+    if m:
+        value = float(m.group(1)) / (100.0 if m.group(2) else 1.0)
+    else:
+        bars = TQDM_RE.findall(line)
+        if not bars:
+            return None
+        value = float(bars[-1]) / 100.0
     return min(max(value, 0.0), 1.0)
 
 
+def meaningful_line(lines: Sequence[str]) -> str | None:
+    """The error's real line: the last line that is not blank, a progress line or
+    a traceback's framing (for a Python traceback, the exception itself)."""
+    for line in reversed(lines):
+        text = line.strip()
+        if (not text or parse_progress(text) is not None or set(text) <= set("-=~^*#. ")
+                or text.startswith("Traceback (most recent call last)")):
+            continue
+        return text[:MAX_LINE]
+    return None
+
+
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    """The shepherd asks for SIGTERM (which it catches, to kill the whole tree)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -110,7 +159,8 @@ class TrainerRun:
 
     def __init__(self, spec: JobSpec, attempt: int, attempt_dir: Path, log_path: Path,
                  device: int | None = None, exited: threading.Event | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None,
+                 pass_env: Sequence[str] = (), fence: str | None = None) -> None:
         self.spec = spec
         self.extra_env = dict(extra_env or {})  # TRAINLEDGER_INPUTS, _CHECKPOINT_DIR, ...
         self.attempt = attempt
@@ -121,7 +171,11 @@ class TrainerRun:
         self.progress: float | None = None
         self.last_line: str | None = None
         self.started_at = 0.0
-        self._tail: deque[bytes] = deque(maxlen=64)
+        self.pass_env = tuple(pass_env)
+        self.fence = fence
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._redraw = False  # the tail's last line ended with \r: the next replaces it
+        self._tail_lock = threading.Lock()  # the reader writes, the heartbeat thread reads
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._stop_reason: str | None = None
@@ -138,9 +192,10 @@ class TrainerRun:
         spec_path.write_text(json.dumps(self.spec.to_json(), sort_keys=True, indent=2) + "\n")
         workdir = Path(self.spec.workdir) if self.spec.workdir else self.dir
         self._proc = subprocess.Popen(
-            trainer_argv(self.spec),
+            [sys.executable, "-I", str(SHEPHERD), "--", *trainer_argv(self.spec)],
             cwd=workdir,
-            env={**trainer_env(self.spec, self.attempt, self.output_dir, spec_path, self.device),
+            env={**trainer_env(self.spec, self.attempt, self.output_dir, spec_path, self.device,
+                               pass_env=self.pass_env, fence=self.fence),
                  **self.extra_env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -160,19 +215,62 @@ class TrainerRun:
 
     def _read(self) -> None:
         assert self._proc and self._proc.stdout
+        fd = self._proc.stdout.fileno()
+        pending = b""
         with self.log_path.open("ab") as log:
-            for raw in self._proc.stdout:
-                log.write(raw)
+            while chunk := os.read(fd, 65536):
+                log.write(chunk)
                 log.flush()
-                self._tail.append(raw)
-                line = raw.decode("utf-8", "replace").rstrip()
-                if line:
-                    self.last_line = line[:512]
-                    value = parse_progress(line)
-                    if value is not None:
-                        self.progress = value
+                pending += chunk
+                end = 0
+                for m in LINE_RE.finditer(pending):
+                    self._line(m.group(1), m.group(2) == b"\r")
+                    end = m.end()
+                pending = pending[end:]
+                if len(pending) > 65536:  # no line end for 64 KiB: take it as a line
+                    self._line(pending, False)
+                    pending = b""
+                elif pending:  # a bar drawn as `\r 45%|...` stays unterminated until the
+                    self._line(pending, True)  # next redraw: show it now, replace it then
+            if pending:
+                self._line(pending, False)
         if self._exited is not None:
             self._exited.set()
+
+    def _line(self, raw: bytes, redraw: bool) -> None:
+        line = raw.decode("utf-8", "replace").rstrip()
+        if not line:
+            if not redraw:  # a bare \n (a \r\n split across reads) ends the drawn line
+                self._redraw = False
+            return
+        with self._tail_lock:
+            if self._redraw and self._tail:
+                self._tail.pop()
+            self._tail.append(line[:MAX_LINE * 4])
+        self._redraw = redraw
+        self.last_line = line[:MAX_LINE]
+        value = parse_progress(line)
+        if value is not None:
+            self.progress = value
+
+    def tail_lines(self, n: int = BEAT_LINES, max_bytes: int = BEAT_TAIL_BYTES) -> list[str]:
+        """The latest lines for the heartbeat, each cut to MAX_LINE, at most max_bytes."""
+        out: list[str] = []
+        size = 0
+        for line in reversed(self._lines()[-n:]):
+            line = line[:MAX_LINE]
+            size += len(line.encode()) + 1
+            if size > max_bytes:
+                break
+            out.append(line)
+        return out[::-1]
+
+    def _lines(self) -> list[str]:
+        with self._tail_lock:
+            return list(self._tail)
+
+    def error_line(self) -> str | None:
+        return meaningful_line(self._lines())
 
     def poll(self, now: float) -> Outcome:
         assert self._proc is not None
@@ -183,6 +281,7 @@ class TrainerRun:
                 self.stop(f"timeout after {timeout:g}s", grace_s=5.0, counts_as_failure=True)
                 return self.poll(now)
             return Outcome(None, "running")
+        self._kill_fenced()  # a shepherd killed outright could not fence its tree itself
         if self._reader:
             self._reader.join(timeout=5)
         if self._stop_reason is not None and not self._stop_reason.startswith("timeout"):
@@ -205,10 +304,16 @@ class TrainerRun:
             self._signal(signal.SIGKILL)
             self._proc.wait()
         self._signal(signal.SIGKILL)  # stragglers left in the group
+        self._kill_fenced()  # and those that left it
 
     def kill(self) -> None:
         if self._proc is not None:
             self._signal(signal.SIGKILL)
+            self._kill_fenced()
+
+    def _kill_fenced(self) -> None:
+        if self.fence:
+            kill_fenced(self.fence, timeout_s=5.0)
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self._proc is not None
@@ -216,5 +321,4 @@ class TrainerRun:
             os.killpg(self._proc.pid, sig)
 
     def log_tail(self, limit: int = LOG_TAIL_BYTES) -> str:
-        data = b"".join(self._tail)[-limit:]
-        return data.decode("utf-8", "replace")
+        return "\n".join(self._lines())[-limit:]

@@ -67,5 +67,19 @@ def test_real_training_through_workers_is_deterministic(tmp_path: Path) -> None:
     state = torch.load(fetched / "mlp-small" / "model.pt", weights_only=True)
     assert state and all(isinstance(t, torch.Tensor) for t in state.values())
     assert json.loads((fetched / "mlp-small" / "metrics.json").read_text())
+    # the example trainers' metrics are in the ledger: `reconciler results` ranks them
+    proc = subprocess.run([sys.executable, "-m", "reconciler.cli", "results", "--ledger",
+                           str(tmp_path / "one" / "ledger.git"), "--json", "--sort", "accuracy",
+                           "--desc"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["rows"]
+    assert {r["name"] for r in rows} == {"gbt-small", "mlp-small"}
+    assert rows[0]["metrics"]["accuracy"] >= rows[1]["metrics"]["accuracy"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["gbt-small"]["hyper"] == {"n_estimators": 20, "max_depth": 3}
+    for name, row in by_name.items():
+        written = json.loads((fetched / name / "metrics.json").read_text())
+        assert row["metrics"]["accuracy"] == written["accuracy"]
+        assert row["metrics"]["loss"] == written["loss"]
     # a second, independent fleet trains the same jobs to the same bundles
     assert train(tmp_path / "two") == first

@@ -1,4 +1,4 @@
-"""Check C of RELIABILITY.md, run after every fault row.
+"""Check C of docs/failure-model.md, run after every fault row.
 
 Two independent readings of the same ledger: this module replays `main` itself
 (state files and trailers, commit by commit, without the product's transition

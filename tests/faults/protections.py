@@ -44,8 +44,8 @@ MUTATIONS = [
              "            preexec_fn=None,\n"),
     Mutation("trainer_crash", "a dead trainer fails its job with the log's tail",
              "worker/daemon.py",
-             'f"trainer {outcome.reason}; log tail:\\n{run.log_tail()}"',
-             'f"trainer {outcome.reason}"'),
+             '+ f"\\nlog tail:\\n{run.log_tail()}")',
+             ')'),
     Mutation("stale_worker_returns", "the hook's fence: a worker writes only as holder, at "
              "the ledger's attempt", "reconciler/transitions.py",
              "def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:\n",

@@ -1,4 +1,4 @@
-"""The fault matrix of RELIABILITY.md: real ledger (hooks on, behind real sshd when
+"""The fault matrix of docs/failure-model.md: real ledger (hooks on, behind real sshd when
 it can run), real reconciler daemon, real workers with their own keys, clones and
 proxies, the real tiny trainer; a fault per row; check C after every row.
 
@@ -192,7 +192,7 @@ def row_worker_crash_loop(f: FaultRun) -> None:
     orphans: list[int] = [pid]
     kills = 1
     deadline = time.monotonic() + p.fault_s * f.scale
-    # RELIABILITY.md: every 5 s at stale_after_s = 2, i.e. 2.5 x stale in the soak
+    # the fault matrix: every 5 s at stale_after_s = 2, i.e. 2.5 x stale in the soak
     lo, hi = (0.75, 1.5) if p is not SOAK else (1.5, 3.0)
     while time.monotonic() < deadline:
         time.sleep(f.rng.uniform(lo, hi) * f.stale)
@@ -401,7 +401,7 @@ def row_reconciler_crash_loop(f: FaultRun) -> None:
     names = start_fleet(rig, p.workers, reconciler=False)
     deadline = time.monotonic() + p.fault_s * f.scale
     killed_holder = False
-    # RELIABILITY.md: every 7 s at stale_after_s = 2 (3.5 x stale) in the soak; the
+    # the fault matrix: every 7 s at stale_after_s = 2 (3.5 x stale) in the soak; the
     # short profile kills sooner, so most instances never live a full lease
     lo, hi = (0.5, 1.75) if p is not SOAK else (1.0, 3.5)
     while time.monotonic() < deadline:

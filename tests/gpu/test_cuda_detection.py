@@ -59,3 +59,20 @@ def test_the_chosen_device_takes_a_tensor() -> None:
     index = choose_device(spec, detect_capability())
     assert index is not None
     assert torch.ones(4, device=f"cuda:{index}").sum().item() == 4
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="nvidia-smi is not on PATH")
+def test_a_refresh_sees_vram_a_process_took() -> None:
+    """Fresh capability (worker/resources.py): after this process allocates 2 GiB
+    on device 0, a refresh reports at least ~2 GiB less free there."""
+    import torch
+
+    from worker.capability import refresh_capability
+
+    cap = detect_capability()
+    before = refresh_capability(cap).cuda_devices[0].vram_free_gib
+    block = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda:0")
+    torch.cuda.synchronize()
+    after = refresh_capability(cap).cuda_devices[0].vram_free_gib
+    del block
+    assert before - after > 1.5

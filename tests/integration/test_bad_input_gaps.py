@@ -1,4 +1,4 @@
-"""Rows of RELIABILITY.md's bad-input matrix that had no test of their own
+"""Rows of the bad-input matrix (tests/BAD_INPUTS.md) that had no test of their own
 (tests/BAD_INPUTS.md maps every row). Real ledgers from `reconciler init`,
 hooks installed, plain `git push` from a real clone."""
 

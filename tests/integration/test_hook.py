@@ -318,7 +318,7 @@ def test_an_illegal_middle_commit_with_a_legal_tip(ledger: LedgerDir) -> None:
     a.commit("put it back")
     assert a.git("diff", "--name-only", "origin/main", "HEAD").stdout.count("\n") == 1
     refused(a, f"commit {middle[:12]}", "job job-001", "pending->completed by alpha",
-            "not a transition of the state machine")
+            "only operator may make it")  # an import-seed is an operator's, never a worker's
 
 
 def test_a_merge_commit(ledger: LedgerDir) -> None:

@@ -256,8 +256,11 @@ def test_open_store_picks_the_kind_by_url(tmp_path: Path) -> None:
     assert isinstance(open_store(f"file://localhost{tmp_path}/s", tmp_path), LocalStore)
     remote = open_store("ssh://pi@office-pi:2222/var/lib/store", tmp_path)
     assert isinstance(remote, SshStore) and remote.argv[-3:] == ["-p", "2222", "pi@office-pi"]
-    for bad in ["", "pi@office-pi:/var/lib/store", "http://x/y", "file://other-host/s",
-                "ssh://-oProxyCommand=sh/x", "ssh://pi@host:99999/x", "ssh://"]:
+    # scp-style is ssh, as git reads it: never a local directory named "office-pi:"
+    scp = open_store("pi@office-pi:/var/lib/store", tmp_path)
+    assert isinstance(scp, SshStore) and scp.argv[-1] == "pi@office-pi"
+    for bad in ["", "http://x/y", "file://other-host/s", "-oProxyCommand=sh:/x",
+                "ssh://-oProxyCommand=sh/x", "ssh://pi@host:99999/x", "ssh://", "nohost:"]:
         with pytest.raises(StoreError):
             open_store(bad, tmp_path)
 

@@ -160,7 +160,9 @@ def test_identical_outputs_give_one_bundle(tmp_path: Path) -> None:
     states = list(fleet.states().values())
     assert {s.status for s in states} == {Status.COMPLETED}
     assert states[0].artifact == states[1].artifact
-    assert len(list((fleet.store / "sha256").rglob("*.tar.zst"))) == 1
+    # one artifact bundle, plus the attempts' log bundles (identical logs: one)
+    logs = {s.log.sha256 for s in states if s.log}
+    assert len(list((fleet.store / "sha256").rglob("*.tar.zst"))) == 1 + len(logs)
 
 
 def test_explain_says_why_a_cpu_host_may_not_take_cuda_jobs(tmp_path: Path) -> None:

@@ -358,6 +358,16 @@ def test_two_workers_claim_and_complete_over_ssh(sshd: SshServer, tmp_path: Path
         bundle = ledger.store / "sha256" / state.artifact.sha256[:2] / \
             f"{state.artifact.sha256}.tar.zst"
         assert hashlib.sha256(bundle.read_bytes()).hexdigest() == state.artifact.sha256
+        # the attempt's log went over ssh to the store too
+        log = ledger.store / "sha256" / state.log.sha256[:2] / f"{state.log.sha256}.tar.zst"
+        assert state.log.attempt == state.attempt and log.stat().st_size == state.log.size
+    # `reconciler logs` prints one from another host, over ssh to the ledger and the store
+    job = next(iter(states.values()))
+    with ssh_env(hosts["alpha"]), redirect_stdout(io.StringIO()) as out:
+        code = cli.main(["logs", job.job_id, "--ledger", sshd.url(ledger.path),
+                         "--store", sshd.url(ledger.store),
+                         "--state-dir", str(tmp_path / "logs-host")])
+    assert code == 0 and "quick: done" in out.getvalue()
     # and each host's heartbeat ref was written under its own name only
     refs = ledger.git("for-each-ref", "--format=%(refname)", "refs/heartbeats/").split()
     assert sorted(refs) == ["refs/heartbeats/alpha", "refs/heartbeats/beta"]

@@ -1,4 +1,4 @@
-"""Property tests for the bad-input matrix (RELIABILITY.md), on the pure pieces the
+"""Property tests for the bad-input matrix (tests/BAD_INPUTS.md), on the pure pieces the
 hook and the reconciler judge with: `load_manifest`, `parse_state`,
 `check_transition` and `load_access`.
 

@@ -1,5 +1,5 @@
 """Bundles: deterministic packing, and unpacking that refuses every bad input of
-RELIABILITY.md (rules 9 and 10) before writing, leaving DEST as it was and
+docs/failure-model.md (security rules 9 and 10) before writing, leaving DEST as it was and
 nothing outside it. Real files, real tar, real zstd."""
 
 from __future__ import annotations

@@ -79,8 +79,10 @@ RULES: list[tuple[str, dict[str, Any], JobState | None, Host | None, Capability,
     ("cancel in manifest", {"cancel": True}, PENDING, None, CPU, [CANCELLED]),
     ("allow_jobs by name", {}, PENDING, Host(allow_jobs=["gbt-*"]), CPU, []),
     ("allow_jobs by model", {}, PENDING, Host(allow_jobs=["gbt"]), CPU, []),
-    ("allow_jobs empty list", {}, PENDING, Host(allow_jobs=[]), CPU,
-     ["[hosts.desk] allow_jobs [] matches neither name 'gbt-small' nor model 'gbt'"]),
+    # the seed fleet read [] as "no whitelist": a seed manifest must not starve the host
+    ("allow_jobs empty list is no whitelist", {}, PENDING, Host(allow_jobs=[]), CPU, []),
+    ("deny_jobs * takes nothing", {}, PENDING, Host(deny_jobs=["*"]), CPU,
+     ["[hosts.desk] deny_jobs ['*'] matches 'gbt-small' or model 'gbt'"]),
     ("allow_jobs no match", {}, PENDING, Host(allow_jobs=["mlp", "cnn-*"]), CPU,
      ["[hosts.desk] allow_jobs ['mlp', 'cnn-*'] matches neither name 'gbt-small' "
       "nor model 'gbt'"]),
@@ -289,7 +291,7 @@ def test_eligible_jobs_skip_what_the_worker_already_runs() -> None:
 
 
 def test_racing_workers_rarely_want_the_same_job() -> None:
-    """The point of the random tie-break (DESIGN.md "Contention")."""
+    """The point of the random tie-break (docs/architecture.md)."""
     cands = jobs([0] * 100)
     collisions = 0
     for trial in range(200):

@@ -1,6 +1,6 @@
 """A job's id: 16 hex chars of sha256 over what defines the trained artifact
 (model, mode, hyper, split_recipe, train_hosts, seed), after [defaults]; never
-over scheduling fields, the name or the trainer's command (DESIGN.md)."""
+over scheduling fields, the name or the trainer's command (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -22,13 +22,13 @@ def render(template: Path, values: dict[str, str]) -> str:
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed here")
 @pytest.mark.parametrize("unit", ["trainledger-worker", "trainledger-reconciler"])
 def test_units_verify(unit: str, repo_root: Path, tmp_path: Path) -> None:
-    venv_bin = tmp_path / "prefix" / ".venv" / "bin"
+    venv_bin = tmp_path / "prefix" / "bin"
     venv_bin.mkdir(parents=True)
     for exe in ("worker", "reconciler"):
         (venv_bin / exe).write_text("#!/bin/sh\nexit 0\n")
         (venv_bin / exe).chmod(0o755)
     text = render(repo_root / "scripts" / "systemd" / f"{unit}.service.in", {
-        "NAME": "desktop", "PREFIX": str(tmp_path / "prefix"), "USER": "root",
+        "NAME": "desktop", "BIN": str(venv_bin), "USER": "root", "SLOTS": "2",
         "LEDGER": "ssh://pi/srv/ledger.git", "STORE_ARG": "--store ssh://pi/srv/store",
         "STATE_DIR": str(tmp_path / "state"), "GIT_SSH_COMMAND": "ssh -i /k",
     })

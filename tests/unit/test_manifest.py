@@ -1,4 +1,4 @@
-"""load_manifest on the bad-input matrix (RELIABILITY.md): every bad manifest is
+"""load_manifest on the bad-input matrix (tests/BAD_INPUTS.md): every bad manifest is
 one `ManifestError` whose message names the file, the job (name and index) and
 the field, or the line and column, or the size; never a traceback. Hypothesis
 then throws random and mutated bytes at it."""
@@ -200,7 +200,7 @@ def test_a_file_over_the_cap_is_refused_by_size_before_parsing() -> None:
     over = b"#" * MAX_MANIFEST_BYTES + b"\n"
     message = refused(over)
     assert f"{len(over)} bytes" in message and f"{MAX_MANIFEST_BYTES}-byte limit" in message
-    # RELIABILITY.md's row is 1 MiB; the default is 16 MiB (docs/performance.md:
+    # the bad-input matrix's row is 1 MiB; the default is 16 MiB (docs/performance.md:
     # a 100,000-job manifest is 12.9 MB), and a caller may ask for less.
     mib = 1 << 20
     padded = GOOD.encode() + b"#" * (mib - len(GOOD.encode()))

@@ -148,7 +148,7 @@ def test_init_overrides_keep_every_job(tmp_path: Path) -> None:
     init = pytest.importorskip("reconciler.init")
     text = (TEMPLATE / "manifest.toml").read_text()
     fleet = {"heartbeat_s": 0.5, "stale_after_s": 3, "prefer_cuda_grace_s": 1}
-    out = load_manifest(init._with_fleet(text, tmp_path / "store", fleet).encode())
+    out = load_manifest(init._with_fleet(text, (tmp_path / "store").as_posix(), fleet).encode())
     assert len(out.specs) == 12
     assert (out.fleet.heartbeat_s, out.fleet.stale_after_s) == (0.5, 3)
     assert out.fleet.store == (tmp_path / "store").as_posix()

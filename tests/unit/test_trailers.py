@@ -85,7 +85,7 @@ def test_foreign_trailers_and_a_bad_attempt_are_skipped() -> None:
 
 
 def test_git_reads_the_same_trailers(tmp_path: Path) -> None:
-    """`git log --format=%(trailers)` and `--grep` answer who did what (DESIGN.md)."""
+    """`git log --format=%(trailers)` and `--grep` answer who did what (docs/operators.md)."""
     repo = GitRepo.init_bare(tmp_path / "r.git")
     message = trailers.render(trailers.subject_for([B, A], "reconciler"), [B, A], "reconciler",
                               "a body line")

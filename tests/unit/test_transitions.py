@@ -1,5 +1,5 @@
 """The state machine, table-driven: every (from, to) pair of the six statuses for
-each of the three roles, legal exactly where DESIGN.md's diagram and "who may
+each of the three roles, legal exactly where docs/architecture.md's diagram and "who may
 write what" say; the fencing rules (holder and attempt); the sweep budget at the
 max_attempts boundary; requeue; creation; and refusals that name the job, the
 attempt, the holder and the rule."""
@@ -42,6 +42,7 @@ LEGAL: dict[tuple[Status, Status], set[Role]] = {
     (DONE, P): {Role.OPERATOR},
     (P, P): {Role.RECONCILER},  # prefer_cuda grace opens (cpu_ok)
     (R, R): {Role.WORKER},  # the holder records a checkpoint
+    (P, DONE): {Role.OPERATOR},  # import-seed: the seed fleet's verified result
 }
 
 
