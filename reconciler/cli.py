@@ -24,7 +24,7 @@ COMMANDS = {
     "schema": ("reconciler.cli", "print the JSON Schema of the manifest, state or capability"),
     "install-hooks": ("reconciler.cli", "install the pre-commit hook in a clone (--server: "
                       "the ledger's)"),
-    "run": ("reconciler.daemon", "the reconciler daemon (--once: one pass)"),
+    "run": ("reconciler.runcmd", "the reconciler daemon (--once: one pass)"),
     "status": ("reconciler.status", "jobs by status, workers, last reconcile, errors"),
     "show": ("reconciler.history", "a job's spec, state and history"),
     "log": ("reconciler.history", "the audit trail from commit trailers, newest first"),
