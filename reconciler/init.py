@@ -22,9 +22,9 @@ from reconciler.errors import LedgerError
 from reconciler.gitrepo import GitRepo, Signature
 from reconciler.layout import MAIN
 from reconciler.manifest import load_manifest
-from reconciler.resources import resource_dir
+from reconciler.resources import CHECKOUT_ROOT, resource_dir
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages
+PACKAGE_ROOT = CHECKOUT_ROOT  # the checkout, or site-packages
 HOOK_NAMES = ("pre-receive",)
 CLIENT_HOOK_NAMES = ("pre-commit",)
 

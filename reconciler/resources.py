@@ -13,7 +13,7 @@ from pathlib import Path
 
 from reconciler.errors import LedgerError
 
-CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
+CHECKOUT_ROOT = Path(str(resources.files("reconciler"))).resolve().parent  # beside the package
 # name under reconciler/_data -> where it lives in a checkout
 LAYOUT = {"ledger-template": "ledger-template", "hooks": "hooks", "systemd": "scripts/systemd"}
 
