@@ -156,7 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         url = resolve(args.store, loaded.fleet.store, args.ledger)
         store = open_store(url, state_dir)
-        print(f"worker {args.name}: artifacts go to {describe_store(store)}", flush=True)
+        # through the log, so --log-format json keeps one object a line
+        logging.getLogger("trainledger.worker").info(
+            "event=store worker=%s artifacts go to %s", args.name, describe_store(store))
         return store
 
     config = WorkerConfig(name=args.name, state_dir=state_dir, poll_s=args.poll_s,
