@@ -13,6 +13,11 @@ from reconciler.init import init_ledger
 QUICK_TRAINER = Path(__file__).resolve().parent / "trainers" / "quick.py"
 
 
+# the hyper keys tests/trainers/quick.py accepts (tests swap this line for their trainer's)
+QUICK_HYPER = ('hyper = ["seconds", "exit_code", "size", "lr", "steps", "fail_attempts", '
+               '"term_exit"]')
+
+
 def manifest_text(
     jobs: int | list[dict] = 3,
     fleet: dict | None = None,
@@ -24,9 +29,7 @@ def manifest_text(
     argv = trainer or [sys.executable, str(QUICK_TRAINER)]
     lines = ['schema_version = 1', 'name = "test-fleet"', "", "[fleet]"]
     lines += [f"{k} = {_toml(v)}" for k, v in fleet.items()]
-    lines += ["", "[trainers.quick]", f"command = {_toml(argv)}",
-              'hyper = ["seconds", "exit_code", "size", "lr", "steps", "fail_attempts", '
-              '"term_exit"]', ""]
+    lines += ["", "[trainers.quick]", f"command = {_toml(argv)}", QUICK_HYPER, ""]
     specs = [{"name": f"job-{i:03d}", "seed": i} for i in range(jobs)] \
         if isinstance(jobs, int) else jobs
     for spec in specs:

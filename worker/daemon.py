@@ -262,7 +262,7 @@ class Worker(PipelineSteps):
                         break
                     considered.add(spec.job_id)
                     old = snap.states[spec.job_id]
-                    if reasons(spec, old, self.name, host, cap):
+                    if reasons(spec, old, self.name, host, cap, snap.states):
                         refused += 1
                         continue
                     devices[spec.job_id], cap = place(spec, cap)

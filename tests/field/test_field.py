@@ -491,9 +491,10 @@ def test_the_guide_sets_up_a_fleet_that_trains(fleet_field: Field) -> None:
                     pre=("laptop-env",), label="worker run without extras")
     assert "event=worker-start worker=alice" in idle, idle
 
-    # --- §10 fsck on the Pi
+    # --- fsck on the Pi (Repair)
     fsck = f.block("pi-fsck", "root", downloads, **pi_env)
-    assert "4 referenced; missing 0, corrupt 0" in fsck and "git fsck: ok" in fsck, fsck
+    # four completed jobs: each its artifact and its last attempt's log bundle
+    assert "8 referenced; missing 0, corrupt 0" in fsck and "git fsck: ok" in fsck, fsck
 
     # the reconciler never wedged: it applied every later operator commit
     report = f.status()["reconciler"]["report"]

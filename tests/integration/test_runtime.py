@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ledgerkit import manifest_text
+from ledgerkit import QUICK_HYPER, manifest_text
 from reconciler.init import init_ledger
 from reconciler.schema import TERMINAL, Status
 from reconciler.status import read_status, render
@@ -26,7 +26,6 @@ from workerkit import CUDA_CAPABILITY, Fleet, wait_for
 
 pytestmark = pytest.mark.slow
 RUNTIME = Path(__file__).resolve().parent.parent / "trainers" / "runtime.py"
-QUICK_HYPER = 'hyper = ["seconds", "exit_code", "size", "lr", "steps"]'
 
 
 def runtime_fleet(root: Path, jobs: list[dict], trainer: list[str] | None = None,
