@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import AccessDenied
+from reconciler.names import name_problem
 from reconciler.state import NAME_PATTERN
 from reconciler.transitions import Actor, Role
 
@@ -59,7 +60,7 @@ def _names(raw: dict[str, Any], key: str, filename: str) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise AccessDenied(f"{filename}: field {key!r}: expected a list of names")
     for name in value:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name) or name_problem(name):
             raise AccessDenied(f"{filename}: field {key!r}: {name!r} is not a valid name")
     return list(value)
 

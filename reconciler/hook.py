@@ -35,6 +35,10 @@ def pusher_identity(env: dict[str, str]) -> str:
     if not identity:
         raise Refusal("no pusher identity: push over ssh with an enrolled key, or set "
                       "TRAINLEDGER_IDENTITY / `git config --global trainledger.identity NAME`")
+    from reconciler.names import name_problem
+
+    if (problem := name_problem(identity)) is not None:
+        raise Refusal(f"pusher identity {identity[:80]!r}: {problem}")
     return identity
 
 
@@ -44,14 +48,47 @@ def check_heartbeat(ref: str, old: str, new: str, pusher: str) -> None:
         raise Refusal(f"{ref}: {pusher} may write only {HEARTBEATS}{pusher}")
     if new == ZERO:
         raise Refusal(f"{ref}: heartbeat refs are not deleted")
+    check_beat_role(ref, pusher)
+    # The pushed object itself, not peeled: `cat-file commit` of an annotated tag
+    # would check the commit it points to and let a tag of any size through.
+    kind, size = object_kind_and_size(new)
+    if kind != "commit":
+        raise Refusal(f"{ref}: {new[:12]} is a {kind or 'missing object'}, not a commit")
+    if size > MAX_HEARTBEAT_BYTES:
+        raise Refusal(f"{ref}: heartbeat commit over {MAX_HEARTBEAT_BYTES} bytes")
     proc = subprocess.run(["git", "cat-file", "commit", new], capture_output=True)
     if proc.returncode != 0:
         raise Refusal(f"{ref}: {new[:12]} is not a commit")
-    if len(proc.stdout) > MAX_HEARTBEAT_BYTES:
-        raise Refusal(f"{ref}: heartbeat commit over {MAX_HEARTBEAT_BYTES} bytes")
     header = proc.stdout.split(b"\n\n", 1)[0].split(b"\n")
     if header[0] != f"tree {EMPTY_TREE}".encode() or any(h.startswith(b"parent ") for h in header):
         raise Refusal(f"{ref}: a heartbeat is a parentless commit with the empty tree")
+
+
+def object_kind_and_size(sha: str) -> tuple[str | None, int]:
+    proc = subprocess.run(["git", "cat-file", "--batch-check"], input=f"{sha}\n".encode(),
+                          capture_output=True)
+    parts = proc.stdout.decode(errors="replace").split()
+    if proc.returncode != 0 or len(parts) != 3 or parts[1] == "missing":
+        return None, 0
+    return parts[1], int(parts[2])
+
+
+def check_beat_role(ref: str, pusher: str) -> None:
+    """Only an identity with a role in access.toml (as of main) may beat: a lease
+    must not outlive its holder's right to write, so once an operator removes a
+    worker from access.toml its beats stop and the reconciler sweeps its jobs."""
+    proc = subprocess.run(["git", "cat-file", "blob", f"{MAIN}:access.toml"],
+                          capture_output=True)
+    from reconciler.access import load_access
+    from reconciler.errors import AccessDenied
+
+    try:
+        access = load_access(proc.stdout if proc.returncode == 0 else None)
+    except AccessDenied as exc:
+        raise Refusal(f"{ref}: {exc}") from None
+    if access.role_of(pusher) is None:
+        raise Refusal(f"{ref}: identity {pusher!r} has no role in access.toml; "
+                      "it may not heartbeat")
 
 
 def main_moved(old: str) -> bool:

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from reconciler.names import name_problem
+
 # Same alphabet as reconciler.schema.NAME_PATTERN (a unit test keeps them equal);
 # copied so the shell does not import pydantic on every git operation.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -162,7 +164,7 @@ def parse_args(argv: list[str]) -> Options:
     if len(rest) != 1:
         raise Refusal("misconfigured key: usage trainledger-shell [--ledger PATH] "
                       "[--store ROOT] NAME")
-    if not NAME_RE.match(rest[0]):
+    if not NAME_RE.fullmatch(rest[0]) or name_problem(rest[0]):
         raise Refusal(f"misconfigured key: {_shown(rest[0])} is not a valid name")
     return Options(ledger, store, rest[0])
 

@@ -178,7 +178,8 @@ def render_reconciler(rec: dict[str, Any] | None) -> list[str]:
         lines.append(f"  last error: {report['last_error']}")
     lines += [f"  illegal commit: {f}" for f in report.get("findings") or []]
     if report.get("orphans"):
-        lines.append(f"  {len(report['orphans'])} job(s) no longer in the manifest (orphans)")
+        count = report.get("orphans_count", len(report["orphans"]))
+        lines.append(f"  {count} job(s) no longer in the manifest (orphans)")
     return lines
 
 

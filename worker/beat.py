@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.errors import LedgerError
+from reconciler.errors import LedgerError, PushRejected
 from reconciler.ledger import Ledger
-from reconciler.schema import HELD, Capability, Heartbeat, HeldJob, JobState, Status
+from reconciler.schema import HELD, Capability, JobState, Status
+from worker.beatcap import fit_beat
 
 log = logging.getLogger("trainledger.worker")
 
@@ -69,6 +70,9 @@ class Beater(threading.Thread):
         self._halt = threading.Event()
         self._wake = threading.Event()
         self._outage_since: float | None = None
+        self.ok_beats = 0
+        self.last_error: str | None = None
+        self.refused: str | None = None  # the hook's reason, when it said no
 
     def stop(self) -> None:
         self._halt.set()
@@ -85,12 +89,8 @@ class Beater(threading.Thread):
 
     def beat_once(self, final: bool = False) -> bool:
         held = [] if final else self.held()
-        beat = Heartbeat(
-            worker=self.worker, seq=self.seq, sent_at=self.ledger.clock(), slots=self.slots,
-            capability=self.capability,
-            jobs=[HeldJob(job_id=h.job_id, attempt=h.attempt, progress=h.progress,
-                          last_line=h.last_line) for h in held],
-        )
+        beat = fit_beat(self.worker, self.seq, self.ledger.clock(), self.slots,
+                        self.capability, held)  # bounded: worker/beatcap.py
         self.seq += 1
         try:
             self.ledger.push_heartbeat(beat)
@@ -103,6 +103,8 @@ class Beater(threading.Thread):
         except Exception as exc:
             if not isinstance(exc, LedgerError):
                 log.exception("event=beat-error worker=%s", self.worker)
+            self.last_error = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self.refused = self.last_error if isinstance(exc, PushRejected) else None
             if self._outage_since is None:
                 self._outage_since = self.clock()
                 log.warning("event=beat-failed worker=%s error=%s (retrying every beat; "
@@ -113,4 +115,11 @@ class Beater(threading.Thread):
                      self.clock() - self._outage_since)
             self._outage_since = None
         self.last_ok = self.clock()
+        self.ok_beats += 1
+        self.refused = self.last_error = None
         return True
+
+    @property
+    def failing_since(self) -> float | None:
+        """When the current run of failed beats began; None while beats land."""
+        return self._outage_since

@@ -19,11 +19,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.identity import JobSpec
+from worker.logcap import BoundedLog, ByteTail, read_lines
 
 PROGRESS_RE = re.compile(r"^\s*progress:\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 PR_SET_PDEATHSIG = 1
@@ -114,7 +114,7 @@ class TrainerRun:
         self.progress: float | None = None
         self.last_line: str | None = None
         self.started_at = 0.0
-        self._tail: deque[bytes] = deque(maxlen=64)
+        self._tail = ByteTail()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._stop_reason: str | None = None
@@ -152,12 +152,11 @@ class TrainerRun:
 
     def _read(self) -> None:
         assert self._proc and self._proc.stdout
-        with self.log_path.open("ab") as log:
-            for raw in self._proc.stdout:
+        with BoundedLog(self.log_path) as log:
+            for raw in read_lines(self._proc.stdout):  # bounded: worker/logcap.py
                 log.write(raw)
-                log.flush()
                 self._tail.append(raw)
-                line = raw.decode("utf-8", "replace").rstrip()
+                line = raw[:2048].decode("utf-8", "replace").rstrip()
                 if line:
                     self.last_line = line[:512]
                     value = parse_progress(line)
@@ -210,5 +209,4 @@ class TrainerRun:
             os.killpg(self._proc.pid, sig)
 
     def log_tail(self, limit: int = LOG_TAIL_BYTES) -> str:
-        data = b"".join(self._tail)[-limit:]
-        return data.decode("utf-8", "replace")
+        return self._tail.text(limit)
