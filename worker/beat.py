@@ -44,6 +44,16 @@ def revocation(state: JobState | None, worker: str, attempt: int) -> str | None:
     return None
 
 
+def hook_refusal(exc: BaseException) -> str | None:
+    """The hook's reason when it said no (`trainledger: refused: ...`), else None:
+    a server-side failure (a ref lock, a full disk) is an outage, not a refusal."""
+    if not isinstance(exc, PushRejected):
+        return None
+    text = str(getattr(exc, "reason", None) or exc)
+    _, found, reason = text.partition("trainledger: refused: ")
+    return reason.strip().splitlines()[0][:500] if found and reason.strip() else None
+
+
 class Beater(threading.Thread):
     def __init__(
         self,
@@ -104,7 +114,7 @@ class Beater(threading.Thread):
             if not isinstance(exc, LedgerError):
                 log.exception("event=beat-error worker=%s", self.worker)
             self.last_error = (str(exc).splitlines() or [type(exc).__name__])[0]
-            self.refused = self.last_error if isinstance(exc, PushRejected) else None
+            self.refused = hook_refusal(exc)
             if self._outage_since is None:
                 self._outage_since = self.clock()
                 log.warning("event=beat-failed worker=%s error=%s (retrying every beat; "

@@ -23,7 +23,7 @@ from pathlib import Path
 from reconciler import trailers
 from reconciler.cacherepair import cache_damage, reclone
 from reconciler.eligibility import EligibleJobs, choose_device, reasons
-from reconciler.errors import BundleError, LedgerError, LostRace, PushRejected, StoreError
+from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
 from reconciler.identity import JobSpec
 from reconciler.ledger import Ledger, Proposal, Snapshot, compute_backoff
 from reconciler.manifest import LoadedManifest
@@ -31,7 +31,7 @@ from reconciler.schema import HELD, Artifact, Capability, JobState, Status
 from reconciler.sdnotify import notify
 from reconciler.sshconn import ROTATE_S, ssh_env
 from reconciler.store import Store, pack_into
-from worker.beat import Beater, Held
+from worker.beat import Beater, Held, hook_refusal
 from worker.runner import Outcome, TrainerRun
 
 log = logging.getLogger("trainledger.worker")
@@ -268,14 +268,15 @@ class Worker:
         except LostRace as exc:
             event(f"{what}-gave-up", worker=self.name, lost_races=exc.lost_races)
             return None
-        except PushRejected as exc:  # a refusal is an answer, not an outage
-            self._refusal = str(exc.reason or exc).strip().splitlines()[0][:500]
-            if self._refusal not in self._refusals_logged:
-                self._refusals_logged.add(self._refusal)
-                log.warning("event=write-refused worker=%s during=%s reason=%r", self.name,
-                            what, self._refusal)
-            return None
         except LedgerError as exc:
+            refusal = hook_refusal(exc)
+            if refusal is not None:  # a refusal is an answer, not an outage
+                self._refusal = refusal
+                if refusal not in self._refusals_logged:
+                    self._refusals_logged.add(refusal)
+                    log.warning("event=write-refused worker=%s during=%s reason=%r", self.name,
+                                what, refusal)
+                return None
             if self._repair_cache(what, exc):
                 return self._write(build, what)
             if self._unreachable_since is None:
