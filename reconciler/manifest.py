@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.errors import ManifestError
+from reconciler.hyperkey import value_key
 from reconciler.identity import JobSpec, resolve
 from reconciler.schema import Manifest
 
@@ -183,6 +184,7 @@ def _cross_checks(
     per job halves the load time of a 100,000-job manifest."""
     seen_names: dict[str, int] = {}
     seen_ids: dict[str, int] = {}
+    seen_values: dict[tuple, int] = {}
     for index, job in enumerate(manifest.jobs):
         where = f"{filename}: job {job.name!r} (jobs[{index}])"
         trainer = manifest.trainers.get(job.model)
@@ -209,3 +211,9 @@ def _cross_checks(
                 "they would train the same artifact"
             )
         seen_ids.setdefault(jid, index)
+        same = seen_values.setdefault(value_key(spec), index)
+        other_spec = specs[same]
+        if same != index and other_spec is not None and other_spec.job_id != jid:
+            yield (f"{where}: field 'hyper': the same values as job "
+                   f"{manifest.jobs[same].name!r} (jobs[{same}]) written another way "
+                   "(60, 60.0 and \"60\" are one value to a trainer): write them alike")
