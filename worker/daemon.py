@@ -498,17 +498,20 @@ class Worker:
                 written.add(job_id)
             return Proposal.of_states(states, changes) if states else None
 
-        tries, first_failure = 0, self.clock()
+        tries, first_failure = 0, None
         while True:
             outcome = self._write(build, "record")
             if outcome is not None:
                 return written if outcome.commit else set()
+            if first_failure is None:
+                first_failure = self.clock()
             lease_lost = self.clock() - self.beater.last_ok > self._renew_deadline_s()
             with self._lock:
                 revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
             # Beats landing while writes fail past the renew deadline: the lease
             # would outlive our ability to write, so give the job up instead.
-            stuck = self.clock() - first_failure > self._renew_deadline_s()
+            stuck = (self.clock() - first_failure > self._renew_deadline_s()
+                     and self._unreachable_since is not None and not lease_lost)
             why = (f"the ledger refused the write: {self._refusal}" if self._refusal
                    else "writes failing for over 2/3 of stale_after_s while heartbeats "
                    "land" if stuck else None)

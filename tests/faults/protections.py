@@ -116,7 +116,7 @@ MUTATIONS += [
     Mutation("role_removed_while_running", "a lease ends with its holder's right to write: the "
              "hook refuses a role-less identity's beats, and a worker gives a job up when the "
              "hook refuses its write (either suffices, so both are removed)",
-             "reconciler/hook.py", "    check_beat_role(ref, pusher)\n", "",
+             "reconciler/hook.py", "    check_beat_role(ref, pusher, access)\n", "",
              also=(("worker/daemon.py", "            if why is not None:\n"
                     "                self._give_up(", "            if False:\n"
                     "                self._give_up("),), test=REFUSALS),
@@ -138,10 +138,11 @@ MUTATIONS += [
              "    period = '0'", test="tests/ssh/test_revocation.py"),
     Mutation("heartbeat_annotated_tag", "the hook checks the pushed object's own type and size, "
              "not the commit a tag peels to", "reconciler/hook.py",
-             "    kind, size = object_kind_and_size(new)", '    kind, size = "commit", 0',
+             "= read_two(new, f\"{MAIN}:access.toml\"",
+             "= read_two(new + \"^{commit}\", f\"{MAIN}:access.toml\"",
              test=HOOK2),
     Mutation("heartbeat_without_a_role", "a role-less identity may not beat",
-             "reconciler/hook.py", "    check_beat_role(ref, pusher)\n", "", test=HOOK2),
+             "reconciler/hook.py", "    check_beat_role(ref, pusher, access)\n", "", test=HOOK2),
     Mutation("pusher_name_not_a_ref_component", "the hook refuses a pusher whose name is not "
              "a ref component", "reconciler/hook.py",
              "    if (problem := name_problem(identity)) is not None:\n        raise Refusal("
