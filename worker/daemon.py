@@ -220,18 +220,18 @@ class Worker:
         return False
 
     def _claims_paused(self) -> bool:
-        """No claim without a lease: until the first beat lands, and while beats
-        fail (a claim this worker cannot renew would only be self-fenced and
-        released, again and again). Said once per reason."""
+        """No claim while beats fail: a claim this worker cannot renew would only
+        be self-fenced and released, again and again. Said once per reason.
+        (The first claim does not wait for the first beat: that would cost every
+        start a beat's round trip.)"""
         beater = self.beater
-        if beater.failing_since is None and beater.ok_beats > 0:
+        if beater.failing_since is None:
             if self._paused_why is not None:
                 event("claims-resumed", worker=self.name)
                 self._paused_why = None
             return False
-        why = None if beater.failing_since is None else \
-            f"heartbeat {'refused' if beater.refused else 'failing'}: {beater.last_error}"
-        if why is not None and why != self._paused_why:
+        why = f"heartbeat {'refused' if beater.refused else 'failing'}: {beater.last_error}"
+        if why != self._paused_why:
             log.warning("event=claims-paused worker=%s reason=%r", self.name, why)
             self._paused_why = why
         return True
