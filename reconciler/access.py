@@ -14,6 +14,7 @@ from typing import Any
 
 from reconciler.errors import AccessDenied
 from reconciler.layout import NAME_PATTERN
+from reconciler.names import name_problem
 from reconciler.transitions import Actor, Role
 
 NAME_RE = re.compile(NAME_PATTERN)
@@ -59,7 +60,7 @@ def _names(raw: dict[str, Any], key: str, filename: str) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise AccessDenied(f"{filename}: field {key!r}: expected a list of names")
     for name in value:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name) or name_problem(name):
             raise AccessDenied(f"{filename}: field {key!r}: {name!r} is not a valid name")
     return list(value)
 

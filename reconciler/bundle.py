@@ -164,6 +164,19 @@ class _Source:
         return data
 
 
+def _check_fetchable(entries: list[tuple[str, Path, os.stat_result]]) -> None:
+    """Refuse to pack what `fetch-artifact` would refuse by default: a job must
+    not complete with a bundle nobody can fetch without raising the caps."""
+    if len(entries) > DEFAULT_MAX_MEMBERS:
+        raise BundleError(f"{len(entries)} files and directories in the outputs, over the "
+                          f"{DEFAULT_MAX_MEMBERS} that fetch-artifact unpacks by default: "
+                          "archive them into fewer files", field="members")
+    total = sum(st.st_size for _, _, st in entries if stat.S_ISREG(st.st_mode))
+    if total > DEFAULT_MAX_BYTES:
+        raise BundleError(f"outputs total {total} bytes, over the {DEFAULT_MAX_BYTES} that "
+                          "fetch-artifact unpacks by default", field="bytes")
+
+
 def pack(src: Path, out: BinaryIO, *, level: int = 3, threads: int = -1) -> Artifact:
     """Write the bundle of `src` to `out`; returns its sha256 and size.
 
@@ -180,6 +193,7 @@ def pack(src: Path, out: BinaryIO, *, level: int = 3, threads: int = -1) -> Arti
     cctx = zstandard.ZstdCompressor(compression_params=params)
     try:
         entries = members(Path(src))
+        _check_fetchable(entries)
         with cctx.stream_writer(sink, closefd=False, write_size=CHUNK) as zout, \
                 tarfile.open(fileobj=zout, mode="w|", format=tarfile.PAX_FORMAT,
                              encoding="utf-8", bufsize=CHUNK, copybufsize=CHUNK) as tar:

@@ -9,6 +9,7 @@ periodic tick only mark the ledger dirty; bursts coalesce into one pass.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -40,6 +41,9 @@ from reconciler.transitions import Move
 log = logging.getLogger("trainledger.reconciler")
 GC_EVERY_S = 600.0
 MIN_WAIT_S = 0.1  # never poll faster than this, whatever the manifest says
+REPORT_SAMPLE = 20  # ids listed per list in the report; the rest are counted
+REPORT_WORKERS = 200  # freshest first: ~40 bytes each
+REPORT_TEXT = 1024  # JSON bytes per finding; errors get four times that
 SETTLE_S = 0.05  # a burst of ref updates within this window gives one pass
 
 
@@ -63,7 +67,36 @@ class Report:
     refused: list[dict[str, Any]] = field(default_factory=list)  # actions the hook refused
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """Bounded by construction, whatever the ledger's size: the hook refuses a
+        beat over 64 KiB, and a refused beat loses the whole report."""
+        return bounded_report(dict(self.__dict__))
+
+
+def bounded_report(report: dict[str, Any]) -> dict[str, Any]:
+    """Lists become a count plus a capped sample, strings a capped prefix."""
+    out = dict(report)
+    out["orphans_count"] = len(report["orphans"])
+    out["orphans"] = list(report["orphans"][:REPORT_SAMPLE])
+    workers = report["workers"]
+    out["workers_count"] = len(workers)
+    if len(workers) > REPORT_WORKERS:
+        out["workers"] = dict(sorted(workers.items(), key=lambda kv: kv[1])[:REPORT_WORKERS])
+    out["findings"] = [clip_json(f, REPORT_TEXT) for f in report["findings"][-REPORT_SAMPLE:]]
+    for key in ("manifest_error", "last_error"):
+        if isinstance(report.get(key), str):
+            out[key] = clip_json(report[key], REPORT_TEXT * 4)
+    return out
+
+
+def clip_json(text: str, limit: int) -> str:
+    """`text` cut so that its JSON encoding (escapes included) fits `limit` bytes."""
+    if len(json.dumps(text)) <= limit:
+        return text
+    lo, hi = 0, min(len(text), limit)
+    while lo < hi:  # the longest prefix that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if len(json.dumps(text[:mid] + " [cut]")) <= limit else (lo, mid - 1)
+    return text[:lo] + " [cut]"
 
 
 def local_path(url: str) -> Path | None:

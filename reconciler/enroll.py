@@ -21,6 +21,7 @@ import tomllib
 from pathlib import Path
 
 from reconciler.errors import LedgerError
+from reconciler.names import name_problem
 from reconciler.shell import NAME_RE
 
 KEY_TYPES = (
@@ -166,8 +167,9 @@ def access_change(name: str, role: str, ledger: str | None) -> str | None:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     name = args.name
-    if not NAME_RE.match(name):
-        raise EnrollError(f"{name!r} is not a valid name (letters, digits, ._-; up to 64)")
+    if not NAME_RE.fullmatch(name) or name_problem(name):
+        raise EnrollError(f"{name!r}: {name_problem(name) or 'not a valid name'} "
+                          "(letters, digits, ._-; up to 64)")
     kind, blob = read_pubkey(Path(args.pubkey))
     if args.ledger and "://" in args.ledger:
         raise EnrollError(f"--ledger {args.ledger}: enroll runs on the ledger's machine; give "

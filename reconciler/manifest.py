@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.errors import ManifestError
+from reconciler.hyperkey import value_key
 from reconciler.identity import JobSpec, resolve
 from reconciler.schema import Manifest
 from reconciler.sweeps import Entry, expand, order, sweep_problems
@@ -228,6 +229,7 @@ def _cross_checks(
     once per point."""
     seen_names: dict[str, int] = {}
     seen_ids: dict[str, int] = {}
+    seen_values: dict[tuple, int] = {}
     said: set[tuple[str | None, str]] = set()
     for index, entry in enumerate(entries):
         job = entry.job
@@ -267,3 +269,9 @@ def _cross_checks(
                 "they would train the same artifact"
             )
         seen_ids.setdefault(jid, index)
+        same = seen_values.setdefault(value_key(spec), index)
+        other_spec = specs[same]
+        if same != index and other_spec is not None and other_spec.job_id != jid:
+            yield (f"{where}: field 'hyper': the same values as {entries[same].where} "
+                   "written another way "
+                   "(60, 60.0 and \"60\" are one value to a trainer): write them alike")

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from reconciler.layout import NAME_PATTERN
+from reconciler.names import name_problem
 
 # Defined without pydantic in reconciler/state.py, so the hook starts fast.
 from reconciler.state import (  # noqa: F401 - re-exported
@@ -273,6 +274,8 @@ class Manifest(StrictTypes):
         for name in hosts:
             if name in RESERVED_NAMES:
                 raise ValueError(f"host name {name!r} is reserved")
+            if (problem := name_problem(name)) is not None:
+                raise ValueError(f"host name {name!r}: {problem}")
         return hosts
 
 

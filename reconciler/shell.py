@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reconciler.layout import NAME_PATTERN  # stdlib only: no pydantic on every git operation
+from reconciler.names import name_problem
 
 NAME_RE = re.compile(NAME_PATTERN)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -161,7 +162,7 @@ def parse_args(argv: list[str]) -> Options:
     if len(rest) != 1:
         raise Refusal("misconfigured key: usage trainledger-shell [--ledger PATH] "
                       "[--store ROOT] NAME")
-    if not NAME_RE.match(rest[0]):
+    if not NAME_RE.fullmatch(rest[0]) or name_problem(rest[0]):
         raise Refusal(f"misconfigured key: {_shown(rest[0])} is not a valid name")
     return Options(ledger, store, rest[0])
 

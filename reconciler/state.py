@@ -156,7 +156,8 @@ def check(value: Any, schema: dict[str, Any], where: str = "") -> None:
             raise StateError(f"field {where!r}: expected a string, got {value!r}", field=where)
         if len(value) > schema.get("maxLength", len(value)):
             raise StateError(f"field {where!r}: longer than {schema['maxLength']}", field=where)
-        if "pattern" in schema and not re.match(schema["pattern"], value):
+        # fullmatch: `$` alone lets a trailing newline through ("j1\n")
+        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
             raise StateError(f"field {where!r}: {value[:80]!r} does not match "
                              f"{schema['pattern']}", field=where)
     if kind == "object":
@@ -274,8 +275,19 @@ class JobState:
 
     @classmethod
     def model_validate_json(cls, data: bytes | str) -> JobState:
+        """Strict: UTF-8 only (json.loads would also take UTF-16/32 bytes) and no
+        duplicate keys (json.loads keeps the last one silently)."""
         try:
-            raw = json.loads(data)
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+        except UnicodeDecodeError as exc:
+            raise StateError(f"field '(file)': not UTF-8 ({exc})", field="(file)") from None
+        if text.startswith("\ufeff"):
+            raise StateError("field '(file)': a byte order mark is not canonical JSON",
+                             field="(file)")
+        try:
+            raw = json.loads(text, object_pairs_hook=_no_duplicates)
+        except StateError:
+            raise
         except (ValueError, RecursionError) as exc:
             raise StateError(f"field '(file)': not JSON ({exc})", field="(file)") from None
         check(raw, STATE_SCHEMA)
@@ -298,6 +310,15 @@ class JobState:
 
 
 _OMITTED_AT_DEFAULT = ("failures", "checkpoint", "metrics", "metrics_error", "log")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise StateError(f"field {key!r}: duplicate key", field=key)
+        out[key] = value
+    return out
 
 
 def state_path(job_id: str) -> str:

@@ -220,7 +220,8 @@ def render_reconciler(rec: dict[str, Any] | None) -> list[str]:
     lines += [f"  refused by the ledger: {r.get('action')} {r.get('job')} "
               f"({r.get('transition')}): {r.get('rule')}" for r in report.get("refused") or []]
     if report.get("orphans"):
-        lines.append(f"  {len(report['orphans'])} job(s) no longer in the manifest (orphans)")
+        count = report.get("orphans_count", len(report["orphans"]))
+        lines.append(f"  {count} job(s) no longer in the manifest (orphans)")
     return lines
 
 

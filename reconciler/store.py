@@ -391,9 +391,14 @@ class SshStore(_Common):
             raise StoreError(f"not an ssh store URL: {url!r} (ssh://[user@]host[:port]/path)")
         host = m["host"].strip("[]")
         self.url, self.path = url, m["path"] or "/"
-        base = ssh_command(Path(state_dir), shlex.join(ssh_argv) if ssh_argv else None)
-        self.argv = [*base, *(["-p", m["port"]] if m["port"] else []),
-                     f"{m['user']}@{host}" if m["user"] else host]
+        self._ssh = (Path(state_dir), shlex.join(ssh_argv) if ssh_argv else None)
+        self._target = [*(["-p", m["port"]] if m["port"] else []),
+                        f"{m['user']}@{host}" if m["user"] else host]
+
+    @property
+    def argv(self) -> list[str]:
+        """Built per connection: the master is renewed each period (sshconn.py)."""
+        return [*ssh_command(*self._ssh), *self._target]
 
     def location(self, sha256: str) -> str:
         sha = check_sha(sha256)

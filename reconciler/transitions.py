@@ -257,6 +257,9 @@ def check_transition(
         if actor.role is Role.RECONCILER:
             return Verdict(label, "rename")
         _deny(old, "only the reconciler rewrites a state without a transition", actor, label)
+    if old.name != new.name:  # a move changes only its own fields; renames go alone
+        _deny(old, f"name may not change in a move ({old.name!r} -> {new.name!r}): only "
+              "the reconciler renames, in a commit without a transition", actor, label)
     allowed_roles = sorted({r.value for r, _, _ in rows})
     reasons = []
     for role, check, meaning in rows:

@@ -18,6 +18,7 @@ from reconciler.gitread import DIFF_TREE_ARGS, Diff, parse_commit, parse_diff_tr
 from reconciler.gitrepo import BLOB_MODE, GitRepo
 from reconciler.layout import STATE_RE, ZERO
 from reconciler.layout import TOP_LEVEL_FILES as OPERATOR_FILES
+from reconciler.names import is_valid_name
 from reconciler.state import MAX_STATE_BYTES, JobState, parse_state
 from reconciler.transitions import Actor, Role, check_transition
 
@@ -99,7 +100,12 @@ def author_of(repo: GitRepo, commit: str) -> tuple[str, list[str]]:
 
 
 def check_author(author: str, pusher: Actor, access: Access, commit: str) -> None:
-    """Authors are informational, but nobody may sign as someone with a role."""
+    """Authors are informational, but nobody may sign as someone with a role.
+
+    With `workers` unset every valid name holds the worker role, so an operator
+    may then author only as itself or under a name no identity can have (one
+    with a space, "Alice Smith"): otherwise `reconciler log` and the re-check
+    would read an operator's cancel as the worker's own."""
     if author == pusher.name:
         return
     impersonated = set(access.reconcilers) | set(access.operators) | set(access.workers or ())
@@ -107,6 +113,12 @@ def check_author(author: str, pusher: Actor, access: Access, commit: str) -> Non
         raise Refused(
             f"commit {commit[:12]}: author {author!r} is not the pusher {pusher.name!r}",
             commit=commit,
+        )
+    if access.workers is None and is_valid_name(author):
+        raise Refused(
+            f"commit {commit[:12]}: author {author!r} is not the pusher {pusher.name!r}: "
+            "with `workers` unset in access.toml any such name may be a worker's; author "
+            "as yourself or under a full name with a space", commit=commit,
         )
 
 
@@ -134,7 +146,7 @@ def check_commit(repo: GitRepo, ctx: Context, actor: Actor, commit: str,
         if d.path in OPERATOR_FILES:
             labels.append(_operator_file(ctx, actor, d, blob(d.new_sha), where))
             continue
-        m = STATE_RE.match(d.path)
+        m = STATE_RE.fullmatch(d.path)
         if (not m or m.group(1) != m.group(2)[:2]) and d.new_mode == "000000" \
                 and actor.role is not Role.WORKER:
             # A path that got in while hooks were absent: removing it is a repair

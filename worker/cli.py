@@ -71,6 +71,11 @@ def cmd_capability(args: argparse.Namespace) -> int:
 
 def _ledgers(args: argparse.Namespace):
     from reconciler.ledger import Ledger
+    from reconciler.names import name_problem
+
+    if (problem := name_problem(args.name)) is not None:
+        raise LedgerError(f"--name {args.name!r}: {problem} (it names the worker's "
+                          "heartbeat ref, refs/heartbeats/<name>)")
 
     state_dir = Path(args.state_dir or state_dir_default(f"worker-{args.name}"))
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -141,9 +146,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise LedgerError(WSL2_HINT)
     from reconciler.ledger import Ledger
     from reconciler.store import open_store
+    from worker.beatcap import MAX_SLOTS
     from worker.capability import self_test
     from worker.daemon import Worker, WorkerConfig
 
+    if not 1 <= args.slots <= MAX_SLOTS:
+        raise LedgerError(f"--slots {args.slots}: must be 1..{MAX_SLOTS} (every held job is "
+                          "listed in the heartbeat, whose size is bounded)")
     cap = _capability(args)
     problems = self_test(cap)
     if problems:
