@@ -599,8 +599,10 @@ def row_same_bundle_twice(f: FaultRun) -> None:
     f.check(rig)
     a, b = rig.state("twin-a"), rig.state("twin-b")
     assert a.status is b.status is Status.COMPLETED and a.artifact == b.artifact, (a, b)
-    assert [p.name for p in rig.led.store.rglob("*") if p.is_file()] == \
-        [f"{a.artifact.sha256}.tar.zst"]
+    # the twins' one artifact, and each attempt's log bundle (identical logs: one)
+    stored = sorted(p.name for p in rig.led.store.rglob("*") if p.is_file())
+    assert stored == sorted({f"{s}.tar.zst" for s in (a.artifact.sha256, a.log.sha256,
+                                                        b.log.sha256)}), (stored, a, b)
 
 
 def row_operator_during_load(f: FaultRun) -> None:
