@@ -15,7 +15,7 @@ from pathlib import Path
 
 LINE_CAP = 16 * 1024  # bytes of one line kept; the rest is counted, not stored
 LOG_CAP = 64 * 1024 * 1024  # log file bytes; past it the newest half is kept
-LINE_RE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")  # `\r` ends a line too: progress bars
+LINE_END = re.compile(rb"\r\n|\r|\n")  # `\r` ends a line too: progress bars redraw
 
 
 class LineReader:
@@ -31,11 +31,11 @@ class LineReader:
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
         """(line, terminator) for every line `chunk` ends."""
-        data, out, end = self.pending + chunk, [], 0
-        for m in LINE_RE.finditer(data):
-            out.append((self._capped(m.group(1)), m.group(2)))
-            end = m.end()
-        rest = data[end:]
+        data, out, start = self.pending + chunk, [], 0
+        for m in LINE_END.finditer(data):  # linear: a long line is never rescanned
+            out.append((self._capped(data[start:m.start()]), m.group()))
+            start = m.end()
+        rest = data[start:]
         if len(rest) > self.cap:
             self._cut += len(rest) - self.cap
             rest = rest[:self.cap]
