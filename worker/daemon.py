@@ -35,6 +35,7 @@ from reconciler.upstream import inputs_of
 from worker import reaper
 from worker.beat import Beater, Held
 from worker.checkpoint import CheckpointDir
+from worker.fairness import TurnTaking, rival_could_take, waiting_rivals
 from worker.metrics import read_metrics, store_log
 from worker.pipeline import PipelineSteps
 from worker.resources import Reservation, Resources, place, reservation
@@ -100,6 +101,7 @@ class Worker(PipelineSteps):
         self._eligible_jobs = EligibleJobs()
         self._eligible_at: tuple[object, ...] | None = None  # (revision, manifest, capability)
         self._manifest_error: str | None = None
+        self.turns = TurnTaking()  # worker/fairness.py: a rival that keeps losing gets a turn
         self.beater = Beater(beat_ledger, self.name, self._judged, config.slots, self._held,
                              self._on_revoked, self._heartbeat_s, clock)
 
@@ -244,6 +246,8 @@ class Worker(PipelineSteps):
         upstream: dict[str, dict[str, JobState]] = {}
         devices: dict[str, int | None] = {}
         self.capability = self._judged()
+        beats = self._rival_beats()
+        rival_waiting = [False]
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
@@ -273,11 +277,27 @@ class Worker(PipelineSteps):
                     break
             if not chosen:
                 return None
+            lease = self._lease()
+            rivals = waiting_rivals(self.name, beats, snap.states, self._ledger_now(),
+                                    lease.stale_after_s) if beats else {}
+            rival_waiting[0] = bool(rivals) and rival_could_take(
+                rivals, [spec for spec, _ in chosen], snap.states, loaded)
+            if self.turns.should_yield(rival_waiting[0], self.clock(),
+                                       lease.stale_after_s / 4):
+                if self.turns.defer_until is not None and not yielded:
+                    yielded.append(True)
+                    event("claim-yielded", worker=self.name, to=",".join(sorted(rivals)))
+                chosen.clear()
+                return None
             return Proposal.of_steps([step for _, step in chosen])
 
+        yielded: list[bool] = []
         outcome = self._write(build, "claim")
+        if yielded:
+            return False  # not idle: a rival has the turn
         if outcome is None or outcome.commit is None:
             return outcome is not None
+        self.turns.claimed(rival_waiting[0])
         for spec, step in chosen:
             event("claim", job=spec.name, attempt=step.new.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
@@ -287,6 +307,26 @@ class Worker(PipelineSteps):
         self._commit_start([(s.job_id, step.new.attempt) for s, step in chosen])
         self.beater.poke()
         return False
+
+    def _ledger_now(self) -> float:
+        """The ledger's clock (heartbeat commit times are on it), not the loop's."""
+        clock = getattr(self.ledger, "clock", None)
+        return clock() if callable(clock) else time.time()
+
+    def _rival_beats(self) -> dict:
+        """The fleet's heartbeats, read at most once a heartbeat period (a beat
+        changes no faster): what worker/fairness.py judges waiting rivals by."""
+        now = self.clock()
+        if self.turns.beats_read_at is not None and \
+                now - self.turns.beats_read_at < self._heartbeat_s():
+            return self.turns.beats
+        self.turns.beats_read_at = now
+        try:
+            self.ledger.fetch(heartbeats=True)
+            self.turns.beats = dict(self.ledger.heartbeats())
+        except LedgerError:
+            pass  # no view of the rivals this time: claim as before
+        return self.turns.beats
 
     def _eligible(self, loaded: LoadedManifest, snap: Snapshot) -> EligibleJobs:
         """The jobs this worker may claim now. reasons() depends only on the spec,
