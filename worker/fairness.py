@@ -7,12 +7,12 @@ claim (seen: one of two workers claimed all 20 jobs of a test). Backoff alone
 cannot fix that, because the loser leaves no trace on main.
 
 It does leave one elsewhere: its heartbeat says how many slots it has and its
-capability, and main says how many jobs it holds. A worker that just won a
-claim while such a rival sat with a free slot, and sees the rival still
+capability, and main says how many jobs it holds. A worker that won two
+claims in a row while such a rival sat with a free slot, and sees the rival still
 waiting for a job the rival may take, lets the rival have the next turn: it
 skips claiming until the rival holds a job, or for at most `defer_s`. It then
 claims whatever happens, so a rival that waits but never claims (paused,
-broken) costs it at most one pause every other claim, and a single worker
+broken) costs it at most one short pause every third claim, and a single worker
 never pauses at all.
 """
 
@@ -27,7 +27,10 @@ from reconciler.ledger import HeartbeatRecord
 from reconciler.manifest import LoadedManifest
 from reconciler.schema import HELD, JobState
 
-DEFER_MAX_S = 10.0  # never longer than a loser's longest backoff (Ledger.backoff_cap_s)
+DEFER_MAX_S = 2.0  # a pause costs the fleet this much at most when the rival does not come
+STREAK = 2  # claims won in a row while a rival waited before giving it a turn: two
+# workers that each won once while the other waited (slots > 1, short jobs) must
+# not both pause at once
 
 
 def waiting_rivals(me: str, beats: Mapping[str, HeartbeatRecord], states: Mapping[str, JobState],
@@ -84,7 +87,7 @@ class TurnTaking:
                 return True
             self.streak, self.defer_until = 0, None  # the rival had its chance: claim
             return False
-        if self.streak >= 1:
+        if self.streak >= STREAK:
             self.defer_until = now + min(defer_s, DEFER_MAX_S)
             self.deferrals += 1
             return True

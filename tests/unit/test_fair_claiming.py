@@ -77,7 +77,7 @@ def test_a_worker_that_keeps_losing_gets_its_turn(tmp_path: Path) -> None:
     drive(clock, mem, w1, w2)
     share = completed_by(mem)
     assert sum(share.values()) == len(JOBS)
-    assert share.get("w2", 0) >= len(JOBS) // 2 - 1, share  # about half each, not none
+    assert share.get("w2", 0) >= len(JOBS) // 3, share  # one turn in three at least, not none
     assert share.get("w1", 0) >= 1
     assert w1.turns.deferrals >= 1
     claims = [m for m in mem.moves() if m[3] == "pending->claimed"]
@@ -90,13 +90,16 @@ def test_turn_taking_rules() -> None:
     t = TurnTaking()
     assert not t.should_yield(True, 0.0, 5.0)  # no streak yet: claim
     t.claimed(True)
-    assert t.streak == 1
-    assert t.should_yield(True, 1.0, 5.0)  # won while a rival waited: its turn
-    assert t.should_yield(True, 5.9, 5.0)  # still within the pause
-    assert not t.should_yield(True, 6.0, 5.0)  # the rival had its chance: claim anyway
+    assert not t.should_yield(True, 0.5, 5.0)  # one win: the rival may have won the last
+    t.claimed(True)
+    assert t.streak == 2
+    assert t.should_yield(True, 1.0, 5.0)  # won twice while a rival waited: its turn
+    assert t.should_yield(True, 2.9, 5.0)  # still within the pause (at most DEFER_MAX_S)
+    assert not t.should_yield(True, 1.0 + DEFER_MAX_S, 5.0)  # its chance passed: claim
     assert t.streak == 0 and t.deferrals == 1
     t.claimed(True)
     assert not t.should_yield(False, 7.0, 5.0) and t.streak == 0  # the rival took a job
+    t.claimed(True)
     t.claimed(True)
     assert t.should_yield(True, 8.0, 100.0) and t.defer_until == 8.0 + DEFER_MAX_S
     t.claimed(False)
