@@ -282,11 +282,12 @@ class Worker(PipelineSteps):
                                     lease.stale_after_s) if beats else {}
             rival_waiting[0] = bool(rivals) and rival_could_take(
                 rivals, [spec for spec, _ in chosen], snap.states, loaded)
+            pauses = self.turns.deferrals
             if self.turns.should_yield(rival_waiting[0], self.clock(),
                                        lease.stale_after_s / 4):
-                if self.turns.defer_until is not None and not yielded:
-                    yielded.append(True)
+                if self.turns.deferrals > pauses:  # once per pause, not once per poll
                     event("claim-yielded", worker=self.name, to=",".join(sorted(rivals)))
+                yielded.append(True)
                 chosen.clear()
                 return None
             return Proposal.of_steps([step for _, step in chosen])
