@@ -61,6 +61,8 @@ class MemoryLedger:
     beats: dict[str, HeartbeatRecord] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)  # why each refused write was refused
     _races: list[Callable[[], None] | None] = field(default_factory=list)
+    # identity -> what runs just before each of its pushes (a faster rival's turn)
+    before_push: dict[str, Callable[[], None]] = field(default_factory=dict)
     _failures: int = 0
     _shas: Iterator[int] = field(default_factory=itertools.count)
 
@@ -176,6 +178,8 @@ class MemoryPort:
             proposal = build(snap)
             if proposal is None:
                 return WriteOutcome(None, snap, lost)
+            if (rival := self.mem.before_push.get(self.identity)) is not None:
+                rival()  # lands first only if it writes: the tip check below decides
             if self.mem._failures:
                 self.mem._failures -= 1
                 raise GitError(f"push to {self.url} failed: connection reset")

@@ -37,6 +37,7 @@ from reconciler.upstream import inputs_of
 from worker import reaper
 from worker.beat import Beater, Held, hook_refusal
 from worker.checkpoint import CheckpointDir
+from worker.fairness import TurnTaking, rival_could_take, waiting_rivals
 from worker.metrics import read_metrics, store_log
 from worker.pipeline import PipelineSteps
 from worker.resources import Reservation, Resources, place, reservation
@@ -106,6 +107,7 @@ class Worker(PipelineSteps):
         self._eligible_jobs = EligibleJobs()
         self._eligible_at: tuple[object, ...] | None = None  # (revision, manifest, capability)
         self._manifest_error: str | None = None
+        self.turns = TurnTaking()  # worker/fairness.py: a rival that keeps losing gets a turn
         self.beater = Beater(beat_ledger, self.name, self._judged, config.slots, self._held,
                              self._on_revoked, self._heartbeat_s, clock)
 
@@ -255,6 +257,8 @@ class Worker(PipelineSteps):
         upstream: dict[str, dict[str, JobState]] = {}
         devices: dict[str, int | None] = {}
         self.capability = self._judged()
+        beats = self._rival_beats()
+        rival_waiting = [False]
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
@@ -284,11 +288,28 @@ class Worker(PipelineSteps):
                     break
             if not chosen:
                 return None
+            lease = self._lease()
+            rivals = waiting_rivals(self.name, beats, snap.states, self._ledger_now(),
+                                    lease.stale_after_s) if beats else {}
+            rival_waiting[0] = bool(rivals) and rival_could_take(
+                rivals, [spec for spec, _ in chosen], snap.states, loaded)
+            pauses = self.turns.deferrals
+            if self.turns.should_yield(rival_waiting[0], self.clock(),
+                                       lease.stale_after_s / 4):
+                if self.turns.deferrals > pauses:  # once per pause, not once per poll
+                    event("claim-yielded", worker=self.name, to=",".join(sorted(rivals)))
+                yielded.append(True)
+                chosen.clear()
+                return None
             return Proposal.of_steps([step for _, step in chosen])
 
+        yielded: list[bool] = []
         outcome = self._write(build, "claim")
+        if yielded:
+            return False  # not idle: a rival has the turn
         if outcome is None or outcome.commit is None:
             return outcome is not None
+        self.turns.claimed(rival_waiting[0])
         for spec, step in chosen:
             event("claim", job=spec.name, attempt=step.new.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
@@ -315,6 +336,26 @@ class Worker(PipelineSteps):
             log.warning("event=claims-paused worker=%s reason=%r", self.name, why)
             self._paused_why = why
         return True
+
+    def _ledger_now(self) -> float:
+        """The ledger's clock (heartbeat commit times are on it), not the loop's."""
+        clock = getattr(self.ledger, "clock", None)
+        return clock() if callable(clock) else time.time()
+
+    def _rival_beats(self) -> dict:
+        """The fleet's heartbeats, read at most once a heartbeat period (a beat
+        changes no faster): what worker/fairness.py judges waiting rivals by."""
+        now = self.clock()
+        if self.turns.beats_read_at is not None and \
+                now - self.turns.beats_read_at < self._heartbeat_s():
+            return self.turns.beats
+        self.turns.beats_read_at = now
+        try:
+            self.ledger.fetch(heartbeats=True)
+            self.turns.beats = dict(self.ledger.heartbeats())
+        except LedgerError:
+            pass  # no view of the rivals this time: claim as before
+        return self.turns.beats
 
     def _eligible(self, loaded: LoadedManifest, snap: Snapshot) -> EligibleJobs:
         """The jobs this worker may claim now. reasons() depends only on the spec,
