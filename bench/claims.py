@@ -21,9 +21,9 @@ from bench.stats import Target, paired_ratios, ratio_of_medians, summarize
 
 def _prepared_claim(ledger: Any) -> str:
     """A valid claim commit on the current tip, built without timing it."""
-    from reconciler import trailers
-    from reconciler.ledger import Proposal
-    from reconciler.schema import Status
+    from reconciler.git.ledger import Proposal
+    from reconciler.protocol import trailers
+    from reconciler.protocol.schema import Status
 
     tip = ledger.fetch()
     snap = ledger.snapshot(tip)
@@ -50,7 +50,7 @@ def _pair(url: str, root: Path, reps: int, envs: tuple[str | None, str | None] =
           ) -> tuple[list[float], list[float]]:
     """(real claims, bare fetch+push) interleaved, so noise hits both alike.
     `envs` are the GIT_SSH_COMMANDs of the worker and of the reference pusher."""
-    from reconciler.ledger import Ledger
+    from reconciler.git.ledger import Ledger
 
     def with_ssh(command: str | None, make: Any) -> Any:
         old = os.environ.get("GIT_SSH_COMMAND")
@@ -191,8 +191,7 @@ def smallest_share(claims: list[dict[str, Any]], claimers: int) -> float:
 
 def ledger_double_claims(path: Path) -> int:
     """Jobs the ledger's own history shows claimed more than once (no releases here)."""
-    from reconciler import trailers
-
+    from reconciler.protocol import trailers
     raw = subprocess.run(["git", "-C", str(path), "log", "--format=%B%x01", "main"],
                          capture_output=True, text=True, check=True).stdout
     claims: Counter[str] = Counter()
@@ -216,7 +215,7 @@ def run_p2(cfg: Config) -> RowResult:
                                cfg.p2_jobs)
             fig["ledger_double_claims"] = ledger_double_claims(led.path)
             row.measured[f"K={k}"] = fig
-            from reconciler.ledger import Ledger
+            from reconciler.git.ledger import Ledger
 
             reader = Ledger(led.url, root / f"reader-{k}.git", "reader")
             ids = list(reader.snapshot(reader.fetch()).states)

@@ -27,8 +27,7 @@ WORKER_TIMEOUT_S = 900.0
 def stamp_commits(repo: Path, seen: list[tuple[float, str]]) -> list[tuple[float, str, str]]:
     """(time, transition, job) for every change on main after the first stamped
     tip's parent, each stamped with the first watched tip that contains it."""
-    from reconciler import trailers
-
+    from reconciler.protocol import trailers
     out: list[tuple[float, str, str]] = []
     prev: str | None = None
     for when, sha in seen:
@@ -42,8 +41,7 @@ def stamp_commits(repo: Path, seen: list[tuple[float, str]]) -> list[tuple[float
 
 
 def _completed(repo: Path, since: str) -> int:
-    from reconciler import trailers
-
+    from reconciler.protocol import trailers
     raw = git(repo, "log", "--format=%B%x01", f"{since}..main").stdout.decode()
     return sum(1 for message in raw.split("\x01")
                for _j, _a, tr in trailers.changes_of(message) if tr.endswith("->completed"))
@@ -70,7 +68,7 @@ def _bare_cycle(root: Path, reps: int) -> list[float]:
     """The reference: a fetch, a commit built beforehand and its push, on a ledger
     of its own (hook on), `reps` times."""
     from bench.claims import _bare_fetch_push, _prepared_claim
-    from reconciler.ledger import Ledger
+    from reconciler.git.ledger import Ledger
 
     led = make_ledger(root, jobs=reps + 3, fleet={"heartbeat_s": 30, "stale_after_s": 600})
     ref = Ledger(led.url, root / "refw" / "ledger.git", "refw")

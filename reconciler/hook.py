@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 
-from reconciler.gitread import parse_commit
-from reconciler.layout import EMPTY_TREE, HEARTBEATS, MAIN, ZERO
+from reconciler.git.plumbing import parse_commit
+from reconciler.protocol.layout import EMPTY_TREE, HEARTBEATS, MAIN, ZERO
 
 MAX_HEARTBEAT_BYTES = 64 * 1024
 
@@ -34,7 +34,7 @@ def pusher_identity(env: dict[str, str]) -> str:
     if not identity:
         raise Refusal("no pusher identity: push over ssh with an enrolled key, or set "
                       "TRAINLEDGER_IDENTITY / `git config --global trainledger.identity NAME`")
-    from reconciler.names import name_problem
+    from reconciler.protocol.names import name_problem
 
     if (problem := name_problem(identity)) is not None:
         raise Refusal(f"pusher identity {identity[:80]!r}: {problem}")
@@ -102,8 +102,8 @@ def check_beat_role(ref: str, pusher: str, access_toml: bytes | None) -> None:
     worker from access.toml its beats stop and the reconciler sweeps its jobs."""
     if access_toml is None or b"workers" not in access_toml:
         return  # `workers` unset: every identity has a role; skip the parse (~20 ms)
-    from reconciler.access import load_access
-    from reconciler.errors import AccessDenied
+    from reconciler.protocol.access import load_access
+    from reconciler.protocol.errors import AccessDenied
 
     try:
         access = load_access(access_toml)
@@ -131,9 +131,9 @@ def main_moved(old: str) -> bool:
 def check_main(old: str, new: str, pusher: str) -> None:
     from pathlib import Path
 
-    from reconciler.errors import LedgerError
-    from reconciler.gitrepo import GitRepo
-    from reconciler.validate import validate_main
+    from reconciler.git.repo import GitRepo
+    from reconciler.protocol.errors import LedgerError
+    from reconciler.rules.validate import validate_main
 
     if new == ZERO:
         raise Refusal(f"{MAIN} may not be deleted")

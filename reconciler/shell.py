@@ -20,8 +20,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.layout import NAME_PATTERN  # stdlib only: no pydantic on every git operation
-from reconciler.names import name_problem
+from reconciler.protocol.layout import (
+    NAME_PATTERN,  # stdlib only: no pydantic on every git operation
+)
+from reconciler.protocol.names import name_problem
 
 NAME_RE = re.compile(NAME_PATTERN)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -122,8 +124,8 @@ def git_argv(command: Command) -> list[str]:
 def run_store(command: Command, root: str) -> int:
     from pathlib import Path
 
-    from reconciler import store
-    from reconciler.errors import LedgerError
+    from reconciler.protocol.errors import LedgerError
+    from reconciler.store import backends as store
 
     try:
         if command.kind == "store-put":

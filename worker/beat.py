@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.errors import LedgerError, PushRejected
-from reconciler.port import LedgerPort
-from reconciler.schema import HELD, Capability, JobState, Status
+from reconciler.git.port import LedgerPort
+from reconciler.protocol.errors import LedgerError, PushRejected
+from reconciler.protocol.schema import HELD, Capability, JobState, Status
 from worker.beatcap import fit_beat
 
 log = logging.getLogger("trainledger.worker")

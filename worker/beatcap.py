@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from reconciler.schema import Capability, Heartbeat, HeldJob
+from reconciler.protocol.schema import Capability, Heartbeat, HeldJob
 
 MAX_SLOTS = 256  # ~70 bytes per listed job without its line: 18 KiB at most
 BEAT_BUDGET = 48 * 1024  # bytes of the message; the hook's limit is 64 KiB per commit

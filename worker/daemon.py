@@ -20,20 +20,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import transitions
-from reconciler.cacherepair import cache_damage, reclone
-from reconciler.eligibility import EligibleJobs, reasons
-from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
-from reconciler.identity import JobSpec
-from reconciler.lease import Lease
-from reconciler.ledger import Proposal, Snapshot, compute_backoff
-from reconciler.manifest import LoadedManifest
-from reconciler.port import LedgerPort
-from reconciler.schema import HELD, Artifact, Capability, Checkpoint, JobState, Status
+from reconciler.git.cacherepair import cache_damage, reclone
+from reconciler.git.ledger import Proposal, Snapshot, compute_backoff
+from reconciler.git.port import LedgerPort
+from reconciler.git.sshconn import ROTATE_S, ssh_env
+from reconciler.protocol import transitions
+from reconciler.protocol.eligibility import EligibleJobs, reasons
+from reconciler.protocol.errors import BundleError, LedgerError, LostRace, StoreError
+from reconciler.protocol.identity import JobSpec
+from reconciler.protocol.lease import Lease
+from reconciler.protocol.manifest import LoadedManifest
+from reconciler.protocol.schema import HELD, Artifact, Capability, Checkpoint, JobState, Status
+from reconciler.protocol.upstream import inputs_of
 from reconciler.sdnotify import notify
-from reconciler.sshconn import ROTATE_S, ssh_env
-from reconciler.store import Store, pack_into
-from reconciler.upstream import inputs_of
+from reconciler.store.backends import Store, pack_into
 from worker import reaper
 from worker.beat import Beater, Held, hook_refusal
 from worker.checkpoint import CheckpointDir
@@ -69,7 +69,7 @@ def event(kind: str, **fields: object) -> None:
 
 class Worker(PipelineSteps):
     """`ledger` and `beat_ledger` are LedgerPorts (the git Ledger, or
-    reconciler/memory.py's); `clock`, `sleep` and `runner` (TrainerRun's shape)
+    reconciler/git/memory.py's); `clock`, `sleep` and `runner` (TrainerRun's shape)
     let a test drive `step()` on fake time with fake trainers."""
 
     def __init__(self, config: WorkerConfig, ledger: LedgerPort, beat_ledger: LedgerPort,

@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler.eligibility import reasons
-from reconciler.identity import JobSpec
-from reconciler.ledger import HeartbeatRecord
-from reconciler.manifest import LoadedManifest
-from reconciler.schema import HELD, JobState
+from reconciler.git.ledger import HeartbeatRecord
+from reconciler.protocol.eligibility import reasons
+from reconciler.protocol.identity import JobSpec
+from reconciler.protocol.manifest import LoadedManifest
+from reconciler.protocol.schema import HELD, JobState
 
 DEFER_MAX_S = 2.0  # a pause costs the fleet this much at most when the rival does not come
 STREAK = 2  # claims won in a row while a rival waited before giving it a turn: two

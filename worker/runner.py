@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from reconciler.identity import JobSpec
+from reconciler.protocol.identity import JobSpec
 from worker.logcap import BoundedLog, LineReader
 from worker.reaper import FENCE_ENV, kill_fenced
 

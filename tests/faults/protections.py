@@ -36,7 +36,7 @@ class Mutation:
 
 MUTATIONS = [
     Mutation("worker_crash_loop", "the reconciler sweeps a claim silent for stale_after_s",
-             "reconciler/plan.py",
+             "reconciler/daemon/plan.py",
              "    if state.status not in HELD:\n"
              "        return None, None\n    last = obs.last_sign(state)",
              "    if True:\n        return None, None\n    last = obs.last_sign(state)"),
@@ -48,7 +48,7 @@ MUTATIONS = [
              '+ f"\\nlog tail:\\n{run.log_tail()}")',
              ')'),
     Mutation("stale_worker_returns", "the hook's fence: a worker writes only as holder, at "
-             "the ledger's attempt", "reconciler/transitions.py",
+             "the ledger's attempt", "reconciler/protocol/transitions.py",
              "def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:\n",
              "def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:\n"
              "    return None\n"),
@@ -64,42 +64,42 @@ MUTATIONS = [
              "if self.runs and self._lease().lease_lost(self.clock() - self.beater.last_ok):",
              "if False:"),
     Mutation("ambiguous_push", "a push of unknown result is checked against the ledger "
-             "(`landed`) before anything is retried", "reconciler/ledger.py",
+             "(`landed`) before anything is retried", "reconciler/git/ledger.py",
              "                    if self.landed(sha):", "                    if False:"),
     Mutation("claim_storm", "a claim is a compare-and-swap on main (no forced push, "
-             "receive.denyNonFastForwards)", "reconciler/ledger.py",
+             "receive.denyNonFastForwards)", "reconciler/git/ledger.py",
              '        else:\n            args.append(f"{sha}:{ref}")',
              '        else:\n            args.append(f"+{sha}:{ref}")',
-             also=(("reconciler/init.py", '"receive.denyNonFastForwards": "true"',
+             also=(("reconciler/rules/init.py", '"receive.denyNonFastForwards": "true"',
                     '"receive.denyNonFastForwards": "false"'),
-                   ("reconciler/validate.py", "    if old is not None and not "
+                   ("reconciler/rules/validate.py", "    if old is not None and not "
                     "repo.is_ancestor(old, new):", "    if False:"))),
     Mutation("reconciler_crash_loop", "a restarted reconciler gives every claim a full "
              "stale_after_s from its own start: no sweep before it has been up that long, "
              "and a claim's first sighting counts as a sign of life (either suffices, so "
-             "both are removed)", "reconciler/plan.py",
+             "both are removed)", "reconciler/daemon/plan.py",
              "        seen = self.held_seen.get((state.job_id, state.attempt, "
              "state.status.value))",
              "        seen = self.held_seen.get((state.job_id, state.attempt, "
              "state.status.value))\n        seen = None if seen is None else seen - 3600",
-             also=(("reconciler/lease.py",
+             also=(("reconciler/protocol/lease.py",
                     "        return max(last_sign, started_at) + self.stale_after_s",
                     "        return last_sign + self.stale_after_s"),)),
     Mutation("clock_skew", "liveness is judged on the reconciler's clock, never on a "
-             "worker's timestamps", "reconciler/observe.py",
+             "worker's timestamps", "reconciler/daemon/observe.py",
              "            obs.beat_seen[worker] = (record.sha, now)",
              "            obs.beat_seen[worker] = (record.sha, now + (record.beat.sent_at - "
              "__import__('time').time() if record.beat else 0))"),
     Mutation("server_kill_mid_push", "`reconciler fsck --fix` removes a dead push's ref lock",
-             "reconciler/fsck.py", "            lock.unlink(missing_ok=True)",
+             "reconciler/cli/fsck.py", "            lock.unlink(missing_ok=True)",
              "            pass"),
     Mutation("store_disk_full", "a failed store write removes its temp file",
-             "reconciler/store.py",
+             "reconciler/store/backends.py",
              "        except BaseException:\n            with contextlib.suppress(OSError):\n"
              "                os.unlink(name, dir_fd=dfd)\n            raise",
              "        except BaseException:\n            raise"),
     Mutation("same_bundle_twice", "each put stages under its own temp name, then renames",
-             "reconciler/store.py",
+             "reconciler/store/backends.py",
              'name = f".put-{os.getpid()}-{secrets.token_hex(6)}.tmp"',
              'name = ".put-shared.tmp"'),
     Mutation("operator_during_load", "a worker stops a job cancelled on main at its next "
@@ -133,7 +133,7 @@ MUTATIONS += [
              "worker/daemon.py", "or self._claims_paused():", "or False:", test=REFUSALS),
     Mutation("deleting_the_key_line_stops_writes_within_two_heartbeats", "the ssh master is "
              "renewed every period, so a deleted key stops authenticating",
-             "reconciler/sshconn.py",
+             "reconciler/git/sshconn.py",
              "    period = f'\"$(( $(date +%s) / {_period(rotate_s)} ))\"'",
              "    period = '0'", test="tests/ssh/test_revocation.py"),
     Mutation("heartbeat_annotated_tag", "the hook checks the pushed object's own type and size, "
@@ -149,27 +149,30 @@ MUTATIONS += [
              'f"pusher identity', "    if False:\n        raise Refusal(f\"pusher identity",
              test=HOOK2),
     Mutation("manifest_host_not_a_ref_component", "a manifest host must be a ref component",
-             "reconciler/schema.py", "            if (problem := name_problem(name)) is not None:",
+             "reconciler/protocol/schema.py",
+             "            if (problem := name_problem(name)) is not None:",
              "            if (problem := None) is not None:", test=HOOK2),
     Mutation("operator_authors_as_a_worker_with_workers_unset", "with `workers` unset an "
              "operator authors only as itself or under a name no identity can have",
-             "reconciler/validate.py", "    if access.workers is None and is_valid_name(author):",
+             "reconciler/rules/validate.py",
+             "    if access.workers is None and is_valid_name(author):",
              "    if False:", test=HOOK2),
     Mutation("state_name_changed_in_a_claim", "a move may not change a job's name",
-             "reconciler/transitions.py", "    if old.name != new.name:  # a move",
+             "reconciler/protocol/transitions.py", "    if old.name != new.name:  # a move",
              "    if False:  # a move", test=HOOK2),
     Mutation("state_trailing_newline_in_a_pattern", "patterns are matched whole (fullmatch)",
-             "reconciler/state.py", 'not re.fullmatch(schema["pattern"], value)',
+             "reconciler/protocol/state.py", 'not re.fullmatch(schema["pattern"], value)',
              'not re.match(schema["pattern"], value)', test=HOOK2),
-    Mutation("state_utf16", "state files are UTF-8 only", "reconciler/state.py",
+    Mutation("state_utf16", "state files are UTF-8 only", "reconciler/protocol/state.py",
              'text = data.decode("utf-8") if isinstance(data, bytes) else data',
              'text = (data.decode("utf-16") if data[:2] in (b"\\xff\\xfe", b"\\xfe\\xff") '
              'else data.decode("utf-8")) if isinstance(data, bytes) else data', test=HOOK2),
     Mutation("state_duplicate_keys", "no duplicate keys in a state file",
-             "reconciler/state.py", "object_pairs_hook=_no_duplicates", "object_pairs_hook=dict",
+             "reconciler/protocol/state.py",
+             "object_pairs_hook=_no_duplicates", "object_pairs_hook=dict",
              test=HOOK2),
     Mutation("report_bounded_with_thousands_of_orphans", "the reconciler's report is counts "
-             "plus capped samples", "reconciler/daemon.py",
+             "plus capped samples", "reconciler/daemon/loop.py",
              "        return bounded_report(dict(self.__dict__))",
              "        return dict(self.__dict__)", test=BOUNDS),
     Mutation("beat_of_twelve_slots_printing_long_non_ascii_lines", "a beat is cut to its byte "
@@ -180,10 +183,11 @@ MUTATIONS += [
              also=(("worker/beatcap.py", "def beat_size(beat: Heartbeat) -> int:\n    return ",
                     "def beat_size(beat: Heartbeat) -> int:\n    return 0 and "),), test=BOUNDS),
     Mutation("names_refused_by_access_toml", "access.toml names must be ref components",
-             "reconciler/access.py", "if not NAME_RE.fullmatch(name) or name_problem(name):",
+             "reconciler/protocol/access.py",
+             "if not NAME_RE.fullmatch(name) or name_problem(name):",
              "if not NAME_RE.match(name):", test=BOUNDS),
     Mutation("names_refused_by_enroll", "enroll refuses names that are not ref components",
-             "reconciler/enroll.py", "if not NAME_RE.fullmatch(name) or name_problem(name):",
+             "reconciler/cli/enroll.py", "if not NAME_RE.fullmatch(name) or name_problem(name):",
              "if not NAME_RE.match(name):", test=BOUNDS),
     Mutation("worker_name_refused_before_it_claims", "`worker run --name` must be a ref "
              "component", "worker/cli.py",

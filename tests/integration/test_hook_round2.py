@@ -12,7 +12,7 @@ import pytest
 from test_hook import EMPTY_TREE, Clone, accepted, claim, refused
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler.state import JobState, Status
+from reconciler.protocol.state import JobState, Status
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from test_reconciler import start_reconciler, stop
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler.schema import Status
+from reconciler.protocol.schema import Status
 from workerkit import Fleet, WorkerProc, wait_for
 
 pytestmark = pytest.mark.slow

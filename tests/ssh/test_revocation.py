@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ledgerkit import make_ledger
-from reconciler.schema import Status
+from reconciler.protocol.schema import Status
 from workerkit import Fleet, wait_for
 
 if TYPE_CHECKING:

@@ -59,8 +59,8 @@ def test_seed_writes_canonical_state_json() -> None:
 
 
 def test_seeded_ledger_reads_back(tmp_path: Path) -> None:
-    from reconciler.ledger import Ledger
-    from reconciler.schema import Status
+    from reconciler.git.ledger import Ledger
+    from reconciler.protocol.schema import Status
 
     seeded = seed_ledger(tmp_path, 60, done_fraction=0.5, running=4, batches=3)
     ledger = Ledger(seeded.url, tmp_path / "cache.git", "reader")

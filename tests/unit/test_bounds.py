@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import make_ledger, manifest_text
-from reconciler.access import load_access
-from reconciler.daemon import Report
-from reconciler.errors import AccessDenied
-from reconciler.ledger import Ledger
-from reconciler.manifest import load_manifest
-from reconciler.schema import Capability, Heartbeat
+from reconciler.daemon.loop import Report
+from reconciler.git.ledger import Ledger
+from reconciler.protocol.access import load_access
+from reconciler.protocol.errors import AccessDenied
+from reconciler.protocol.manifest import load_manifest
+from reconciler.protocol.schema import Capability, Heartbeat
 from worker.beat import Beater, Held
 from worker.runner import TrainerRun
 from workerkit import CPU_CAPABILITY

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from loopkit import FakeClock, fake_worker, memory_ledger
-from reconciler.audit import trail_mismatches
-from reconciler.state import Status
+from reconciler.protocol.audit import trail_mismatches
+from reconciler.protocol.state import Status
 from worker.fairness import DEFER_MAX_S, TurnTaking
 
 JOBS = [{"name": f"j{i}", "seed": i} for i in range(10)]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import manifest_text
-from reconciler.bundle import DEFAULT_MAX_MEMBERS, pack
-from reconciler.errors import BundleError, ManifestError
-from reconciler.manifest import load_manifest
+from reconciler.protocol.errors import BundleError, ManifestError
+from reconciler.protocol.manifest import load_manifest
+from reconciler.store.bundle import DEFAULT_MAX_MEMBERS, pack
 
 
 def test_outputs_fetch_artifact_would_refuse_are_not_packed(tmp_path: Path) -> None:
