@@ -26,7 +26,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The unit and in-memory tiers: pure logic, real git only in tmp repos, the
-# worker and reconciler loops on fake time (reconciler/memory.py); no daemons,
+# worker and reconciler loops on fake time (reconciler/git/memory.py); no daemons,
 # no sshd, no sleeps. Under a minute on 2 cores.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -54,7 +54,7 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest tests/faults -s --timeout=0 --soak-minutes=$${SOAK_MINUTES:-10} $(PYTEST_ARGS)
 
 schema: $(STAMP)
-	$(BIN)/python -m reconciler.schema docs
+	$(BIN)/python -m reconciler.protocol.schema docs
 
 clean:
 	rm -rf $(VENV) .trainledger-demo .pytest_cache .ruff_cache build dist

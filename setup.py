@@ -1,6 +1,6 @@
 """Build step only (the project's metadata is in pyproject.toml): copy the ledger
 template, the hook scripts and the systemd units into the wheel under
-reconciler/_data/, where reconciler/resources.py finds them in an install."""
+reconciler/_data/, where reconciler/rules/resources.py finds them in an install."""
 
 import shutil
 from pathlib import Path

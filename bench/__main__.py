@@ -21,13 +21,14 @@ from bench.rows import Config, RowResult
 def _rows() -> dict[str, Callable[[Config], RowResult]]:
     from bench.bundle import run_p6
     from bench.claims import run_p1, run_p2
+    from bench.cycle import run_p8, run_p9
     from bench.growth import run_p5
     from bench.idle import run_p7
     from bench.latency import run_p3
     from bench.scale import run_p4
 
     return {"P1": run_p1, "P2": run_p2, "P3": run_p3, "P4": run_p4, "P5": run_p5,
-            "P6": run_p6, "P7": run_p7}
+            "P6": run_p6, "P7": run_p7, "P8": run_p8, "P9": run_p9}
 
 
 def run(cfg: Config, only: list[str]) -> list[RowResult]:

@@ -83,7 +83,7 @@ def raw_sha256(src: Path) -> float:
 
 def pack_child(src: Path, store_root: Path, tmp: Path) -> dict[str, Any]:
     """In the child: the product's pack_into into a LocalStore, timed, with peak RSS."""
-    from reconciler.store import LocalStore, pack_into
+    from reconciler.store.backends import LocalStore, pack_into
 
     store = LocalStore(store_root)
     tmp.mkdir(parents=True, exist_ok=True)

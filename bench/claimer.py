@@ -34,8 +34,8 @@ def make_claim_worker(url: str, name: str, state_dir: Path, seed: int | None = N
     the product's own fetch, pick, commit and push; the claimed job is only
     recorded (no trainer, no claimed->running push)."""
     from bench.common import CPU_CAPABILITY
-    from reconciler.ledger import Ledger
-    from reconciler.schema import Capability
+    from reconciler.git.ledger import Ledger
+    from reconciler.protocol.schema import Capability
     from worker.daemon import Worker, WorkerConfig
 
     class ClaimOnlyWorker(Worker):

@@ -48,9 +48,9 @@ def housekeeping(repo: Path) -> str:
 
 def build_lives(url: str, cache: Path, jobs: int) -> tuple[str, int]:
     """claim, start, complete for every job, one commit each, by rotating workers."""
-    from reconciler import trailers
-    from reconciler.ledger import Ledger, Proposal
-    from reconciler.schema import Artifact, Status
+    from reconciler.git.ledger import Ledger, Proposal
+    from reconciler.protocol import trailers
+    from reconciler.protocol.schema import Artifact, Status
 
     ledger = Ledger(url, cache, WORKERS[0])
     tip = ledger.fetch()
@@ -84,8 +84,8 @@ def build_lives(url: str, cache: Path, jobs: int) -> tuple[str, int]:
 def heartbeat_day(repo_dir: Path, hours: float, heartbeat_s: float = 30.0) -> int:
     """Every beat of 20 workers over `hours`, as push_heartbeat writes them,
     straight into the ledger's object store; loose files dated to their beat."""
-    from reconciler.gitrepo import EMPTY_TREE, GitRepo, Signature
-    from reconciler.schema import Capability, Heartbeat, HeldJob
+    from reconciler.git.repo import EMPTY_TREE, GitRepo, Signature
+    from reconciler.protocol.schema import Capability, Heartbeat, HeldJob
 
     repo = GitRepo(repo_dir)
     now = time.time()

@@ -32,7 +32,7 @@ class Beaters(threading.Thread):
 
     def __init__(self, url: str, root: Path, held: dict[str, str]) -> None:
         super().__init__(daemon=True, name="beaters")
-        from reconciler.ledger import Ledger
+        from reconciler.git.ledger import Ledger
 
         self.ledgers = {w: Ledger(url, root / f"beat-{w}.git", w) for w in WORKERS}
         self.jobs = {w: j for j, w in held.items()}
@@ -41,7 +41,7 @@ class Beaters(threading.Thread):
         self._stop = threading.Event()
 
     def beat(self, worker: str, seq: int) -> None:
-        from reconciler.schema import Capability, Heartbeat, HeldJob
+        from reconciler.protocol.schema import Capability, Heartbeat, HeldJob
 
         cap = Capability.model_validate({**CPU_CAPABILITY, "hostname": worker})
         jobs = [HeldJob(job_id=self.jobs[worker], attempt=1, progress=0.5)] \

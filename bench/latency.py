@@ -54,8 +54,7 @@ class RefWatcher(threading.Thread):
         self._stop.set()
 
     def first_after(self, t0: float, transition: str, job: str) -> float | None:
-        from reconciler import trailers
-
+        from reconciler.protocol import trailers
         for when, sha in list(self.seen):
             if when < t0:
                 continue
@@ -66,7 +65,7 @@ class RefWatcher(threading.Thread):
 
 
 def _job_id(seed: int, hyper: dict[str, float]) -> str:
-    from reconciler.identity import job_id_of
+    from reconciler.protocol.identity import job_id_of
 
     return job_id_of({"model": "quick", "mode": None, "hyper": hyper,
                       "split_recipe": None, "train_hosts": None, "seed": seed})
@@ -165,7 +164,7 @@ def _wait(probe, timeout: float) -> float:
 
 def _wait_idle(watcher: RefWatcher, repo: Path, job: str, timeout: float) -> None:
     """Until the job is finished, so the worker is idle again before the next push."""
-    from reconciler.schema import state_path
+    from reconciler.protocol.schema import state_path
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

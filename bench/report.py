@@ -22,7 +22,7 @@ RESULTS = REPO_ROOT / "bench" / "results.json"
 CHANGES = """\
 Each change is its own commit, small, with the figure that motivated it.
 
-- **Manifest loading** (`reconciler/manifest.py`, `reconciler/identity.py`): every
+- **Manifest loading** (`reconciler/protocol/manifest.py`, `reconciler/protocol/identity.py`): every
   job was resolved twice (once for the cross-checks, once for the specs), and each
   resolve built its frozen `JobSpec` twice (`dataclasses.replace` to set the id).
   One resolve per job, id first: a 100,000-job manifest loads in 5.3 s instead of
@@ -31,15 +31,15 @@ Each change is its own commit, small, with the figure that motivated it.
   manifest is about 12.9 MB and the schema allows 200,000 jobs, so the old
   cap refused the very ledgers P4 is about. A cap is still enforced.
 - **The hook parsed the whole manifest on every push to main**
-  (`reconciler/validate.py`), though only a reconciler sweep reads anything from
+  (`reconciler/rules/validate.py`), though only a reconciler sweep reads anything from
   it (`max_attempts`). It is now parsed lazily: a claim on a 10,000-job ledger no
   longer pays ~0.6 s for it.
-- **The hook read the budget for every reconciler push** (`reconciler/validate.py`):
+- **The hook read the budget for every reconciler push** (`reconciler/rules/validate.py`):
   `max_attempts` lives in the manifest, whose schema imports pydantic (~0.2 s),
   but only a sweep (held -> pending/failed) is judged by it. Creating a job's
   state now costs the hook ~20 ms instead of ~210 ms, which shows in P3's
   reconciler reaction.
-- **The saved parse carried the schema's job models** (`reconciler/ledger.py`):
+- **The saved parse carried the schema's job models** (`reconciler/git/ledger.py`):
   `reconciler status` unpickled 100,000 pydantic `Job` objects it never reads
   (only loading the manifest does): ~0.9 s of the 100,000-job status.
 - **A push that has already lost its race skips validation**
@@ -47,11 +47,11 @@ Each change is its own commit, small, with the figure that motivated it.
   update (a compare-and-swap on `<old>`) must refuse it and main only moves
   forward, so judging it only burned the Pi's CPU while the winner waited. Nothing
   unvalidated can land.
-- **Lost-race backoff in units of what a push costs** (`reconciler/ledger.py`):
+- **Lost-race backoff in units of what a push costs** (`reconciler/git/ledger.py`):
   full jitter over 0.05 s x 2^n capped at 2 s kept ~30 of 32 racers pushing at
   once and collapsed to 0.24 claims/s with 17.6 lost races per claim; the unit is
   now an average of measured push times (clamped to 0.05-0.5 s), capped at 10 s.
-- **Snapshots read only what changed** (`reconciler/ledger.py`): every poll and
+- **Snapshots read only what changed** (`reconciler/git/ledger.py`): every poll and
   claim listed the whole tree (`git ls-tree -r`) and walked it in Python. The
   ledger now keeps main's tree classified and moves it with `git diff-tree`,
   parsing only new blobs; its parse cache drops superseded versions.
@@ -64,10 +64,10 @@ Each change is its own commit, small, with the figure that motivated it.
   tiers with O(1) add, remove and random draw) and re-judges only the jobs whose
   state file changed, which the snapshot reports from the `git diff-tree` it
   already runs (`Snapshot.base`/`changed`): a claim is O(changes), not O(jobs).
-- **Bundles go straight into a local store** (`reconciler/store.py`): `pack_into`
+- **Bundles go straight into a local store** (`reconciler/store/backends.py`): `pack_into`
   bundled to a temp file and `put()` a copy, so every byte was written, read,
   hashed and fsynced twice. `LocalStore.pack` writes once, hashing as it streams,
-  fsyncs and renames. 4 MiB zstd jobs (`reconciler/bundle.py`) keep the
+  fsyncs and renames. 4 MiB zstd jobs (`reconciler/store/bundle.py`) keep the
   multi-threaded compressor's peak RSS growth near 30 MiB instead of ~70 MiB, and
   the tar stream copies and writes in 1 MiB records instead of 16 KiB copies cut
   into 10 KiB records (100 compressor calls and buffer re-slices per MiB).
@@ -77,10 +77,10 @@ Each change is its own commit, small, with the figure that motivated it.
   then sat dirty until the final fsync (background writeback starts at 10% of
   RAM, 2.4 GB here), so the whole bundle went to disk after compression; the
   store now starts writeback every 32 MiB as it writes and drops the window
-  before from the page cache (`reconciler/writeback.py`, `posix_fadvise`
+  before from the page cache (`reconciler/store/writeback.py`, `posix_fadvise`
   DONTNEED): 387 -> 553 MB/s in one A/B run on 1 GiB, and the fsync at the end
   costs about nothing (measured by skipping it: the same time within noise).
-- **The reconciler never idled** (`reconciler/daemon.py`): watchdog >= 5 reports
+- **The reconciler never idled** (`reconciler/daemon/loop.py`): watchdog >= 5 reports
   inotify opens and closes-without-write, so every git process reading the
   ledger, its own fetch included, woke another pass (~45 s of CPU per idle
   minute). It now wakes on writes only, and not on heartbeat refs (liveness is
@@ -88,7 +88,7 @@ Each change is its own commit, small, with the figure that motivated it.
 
 Not changed here but measured by it, landed by other engineers during this work:
 the pre-receive hook starting in ~80 ms instead of ~300 ms (a pydantic-free
-`reconciler/state.py`), which shows in P1-P3; `reconciler status` restoring the
+`reconciler/protocol/state.py`), which shows in P1-P3; `reconciler status` restoring the
 parse it saved last time (`Ledger.save_parsed/load_parsed`), which shows in P4's
 status figures; the reconciler's pure plan and deadline-driven sleep, which show
 in P7.
@@ -124,7 +124,7 @@ old code (main before the change) and the new measured back to back:
 On a quiet machine the old `reconciler --help` took 0.55 s. `status` now also
 reads the timeline of main's history (claim, start and end times): the first
 call reads all of it, later calls only the commits since
-(`reconciler/timeline.py`, cached beside the status cache).
+(`reconciler/cli/timeline.py`, cached beside the status cache).
 """
 
 MISS_REASONS: dict[str, str] = {
@@ -190,6 +190,16 @@ MISS_REASONS: dict[str, str] = {
         "Amended heartbeats are loose objects until housekeeping expires them "
         "(gc.pruneExpire=1.hour.ago)."),
     "peak RSS growth": "See the row: the growth is the compressor's buffers.",
+    "job cycle /": (
+        "A job's life is still three pushes to main (claim, start, complete) plus the "
+        "trainer's start and the bundle, one after the other; folding the start into "
+        "the claim and overlapping the bundle and result push with the next claim is "
+        "the open part of issue 18"),
+    "utilization,": (
+        "Each job pays the serial claim-start-complete chain on a 2-core machine that "
+        "also hosts the ledger; with 3 s jobs that chain is a large fraction of a job"),
+    "smallest claimer share": (
+        "With a no-op trainer a winner asks again at once; see the p99 reason above"),
 }
 
 
@@ -257,7 +267,8 @@ def _p2(m: dict, r: dict) -> list[str]:
             f"{fmt_seconds(fig['latency_s']['p99'])}, double claims {fig['double_claims']}"
             f"/{fig['ledger_double_claims']} | SQLite {fmt(ref['claims_per_s'])} claims/s, "
             f"p99 {fmt_seconds(ref['latency_s']['p99'])}, double {ref['double_claims']}; "
-            f"SQLite/ledger {fmt(fig.get('sqlite_ratio'))}x; load average "
+            f"SQLite/ledger {fmt(fig.get('sqlite_ratio'))}x; smallest share "
+            f"{fmt(fig.get('smallest_share'))} of fair; load average "
             f"{fig['loadavg_1min'][0]:.1f} -> {fig['loadavg_1min'][1]:.1f}")
     return out
 
@@ -311,7 +322,21 @@ def _p7(m: dict, r: dict) -> list[str]:
             f"{m['heartbeats_during_window']} beats in the window"]
 
 
-_HIGHLIGHTS = {"P1": _p1, "P2": _p2, "P3": _p3, "P4": _p4, "P5": _p5, "P6": _p6, "P7": _p7}
+def _p8(m: dict, r: dict) -> list[str]:
+    return [f"job cycle {fmt_seconds(m['cycle_s'])} vs bare fetch+commit+push "
+            f"{fmt_spread(r['fetch_commit_push_s'])}: {fmt(m['ratio'])}x; "
+            f"{fmt(m['changes_per_job'])} recorded changes per job (before issue 18: "
+            f"6.5-6.9x, 3 pushes per job)"]
+
+
+def _p9(m: dict, r: dict) -> list[str]:
+    return [f"{key}: wall {fmt_seconds(fig['wall_s'])} vs ideal "
+            f"{fmt_seconds(r[key]['ideal_s'])}: utilization {fmt(fig['utilization'])} "
+            f"(before issue 18, 1 slot: 0.47-0.65)" for key, fig in m.items()]
+
+
+_HIGHLIGHTS = {"P1": _p1, "P2": _p2, "P3": _p3, "P4": _p4, "P5": _p5, "P6": _p6, "P7": _p7,
+               "P8": _p8, "P9": _p9}
 
 
 def render_docs(results: dict[str, Any]) -> str:

@@ -29,6 +29,11 @@ class Config:
     p6_reps: int = 3
     p7_seconds: float = 60.0
     p7_jobs: int = 10_000
+    p8_jobs: int = 30
+    p8_reps: int = 8
+    p9_workers: int = 4
+    p9_jobs: int = 40
+    p9_seconds: float = 3.0
 
     @classmethod
     def for_mode(cls, quick: bool, scratch: Scratch) -> Config:
@@ -37,7 +42,7 @@ class Config:
         return cls(quick, scratch, p1_reps=5, p2_jobs=100, p2_window_s=6.0, p3_trials=3,
                    p4_sizes=(1_000, 10_000), p4_reps=1, p4_history_cap=500, p5_jobs=60,
                    p5_hours=2.0, p6_bytes=128 << 20, p6_reps=2, p7_seconds=10.0,
-                   p7_jobs=2_000)
+                   p7_jobs=2_000, p8_jobs=8, p8_reps=3, p9_jobs=8, p9_seconds=1.0)
 
 
 @dataclass

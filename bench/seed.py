@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import manifest_text
-from reconciler import trailers
-from reconciler.access import DEFAULT_ACCESS
-from reconciler.identity import job_id_of
-from reconciler.init import SERVER_CONFIG, install_hooks
-from reconciler.manifest import load_manifest
-from reconciler.schema import Artifact, JobState, Status
+from reconciler.protocol import trailers
+from reconciler.protocol.access import DEFAULT_ACCESS
+from reconciler.protocol.identity import job_id_of
+from reconciler.protocol.manifest import load_manifest
+from reconciler.protocol.schema import Artifact, JobState, Status
+from reconciler.rules.init import SERVER_CONFIG, install_hooks
 
 WORKERS = tuple(f"w{i:02d}" for i in range(20))
 

@@ -2,7 +2,7 @@
 
 Each identity gets its own key, enrolled with `reconciler enroll`, so every
 connection runs the forced command a real fleet runs; git then reuses one
-ControlMaster connection per actor (reconciler/sshconn.py). Without
+ControlMaster connection per actor (reconciler/git/sshconn.py). Without
 /usr/sbin/sshd the row says so instead of installing anything.
 """
 

@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 
-from reconciler.gitread import parse_commit
-from reconciler.layout import EMPTY_TREE, HEARTBEATS, MAIN, ZERO
+from reconciler.git.plumbing import parse_commit
+from reconciler.protocol.layout import EMPTY_TREE, HEARTBEATS, MAIN, ZERO
 
 MAX_HEARTBEAT_BYTES = 64 * 1024
 
@@ -34,6 +34,10 @@ def pusher_identity(env: dict[str, str]) -> str:
     if not identity:
         raise Refusal("no pusher identity: push over ssh with an enrolled key, or set "
                       "TRAINLEDGER_IDENTITY / `git config --global trainledger.identity NAME`")
+    from reconciler.protocol.names import name_problem
+
+    if (problem := name_problem(identity)) is not None:
+        raise Refusal(f"pusher identity {identity[:80]!r}: {problem}")
     return identity
 
 
@@ -43,14 +47,71 @@ def check_heartbeat(ref: str, old: str, new: str, pusher: str) -> None:
         raise Refusal(f"{ref}: {pusher} may write only {HEARTBEATS}{pusher}")
     if new == ZERO:
         raise Refusal(f"{ref}: heartbeat refs are not deleted")
-    proc = subprocess.run(["git", "cat-file", "commit", new], capture_output=True)
-    if proc.returncode != 0:
-        raise Refusal(f"{ref}: {new[:12]} is not a commit")
-    if len(proc.stdout) > MAX_HEARTBEAT_BYTES:
+    # One git process reads the pushed object itself (not peeled: `cat-file
+    # commit` of an annotated tag would check the commit it points to and let a
+    # tag of any size through) and main's access.toml (who may beat).
+    (kind, size, body), access = read_two(new, f"{MAIN}:access.toml", MAX_HEARTBEAT_BYTES)
+    check_beat_role(ref, pusher, access)
+    if kind != "commit":
+        raise Refusal(f"{ref}: {new[:12]} is a {kind or 'missing object'}, not a commit")
+    if size > MAX_HEARTBEAT_BYTES or body is None:
         raise Refusal(f"{ref}: heartbeat commit over {MAX_HEARTBEAT_BYTES} bytes")
-    commit = parse_commit(proc.stdout)
+    commit = parse_commit(body)
     if commit.tree != EMPTY_TREE or commit.parents:
         raise Refusal(f"{ref}: a heartbeat is a parentless commit with the empty tree")
+
+
+Found = tuple[str | None, int, bytes | None]  # (type, size, content if within the limit)
+
+
+def read_two(first: str, second: str, limit: int) -> tuple[Found, bytes | None]:
+    """`first` (its content only when within `limit` bytes) and the blob `second`
+    (None when missing), through one `git cat-file --batch`."""
+    proc = subprocess.Popen(["git", "cat-file", "--batch"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    out = proc.stdout
+    try:
+        proc.stdin.write(f"{first}\n{second}\n".encode())
+        proc.stdin.close()
+
+        def one(keep: int) -> Found:
+            parts = out.readline().decode(errors="replace").split()
+            if len(parts) != 3:
+                return None, 0, None  # "<name> missing"
+            size = int(parts[2])
+            if size > keep:
+                return parts[1], size, None
+            data = out.read(size)
+            out.read(1)  # the newline after each object
+            return parts[1], size, data
+
+        found = one(limit)
+        if found[0] is not None and found[2] is None:
+            return found, None  # too big: not worth reading what follows
+        kind, _, blob = one(64 * 1024 + 1)
+        return found, blob if kind == "blob" else None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def check_beat_role(ref: str, pusher: str, access_toml: bytes | None) -> None:
+    """Only an identity with a role in access.toml (as of main) may beat: a lease
+    must not outlive its holder's right to write, so once an operator removes a
+    worker from access.toml its beats stop and the reconciler sweeps its jobs."""
+    if access_toml is None or b"workers" not in access_toml:
+        return  # `workers` unset: every identity has a role; skip the parse (~20 ms)
+    from reconciler.protocol.access import load_access
+    from reconciler.protocol.errors import AccessDenied
+
+    try:
+        access = load_access(access_toml)
+    except AccessDenied as exc:
+        raise Refusal(f"{ref}: {exc}") from None
+    if access.role_of(pusher) is None:
+        raise Refusal(f"{ref}: identity {pusher!r} has no role in access.toml; "
+                      "it may not heartbeat")
 
 
 def main_moved(old: str) -> bool:
@@ -70,9 +131,9 @@ def main_moved(old: str) -> bool:
 def check_main(old: str, new: str, pusher: str) -> None:
     from pathlib import Path
 
-    from reconciler.errors import LedgerError
-    from reconciler.gitrepo import GitRepo
-    from reconciler.validate import validate_main
+    from reconciler.git.repo import GitRepo
+    from reconciler.protocol.errors import LedgerError
+    from reconciler.rules.validate import validate_main
 
     if new == ZERO:
         raise Refusal(f"{MAIN} may not be deleted")

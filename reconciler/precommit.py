@@ -7,8 +7,8 @@ import sys
 
 
 def main() -> int:
-    from reconciler.errors import ManifestError
-    from reconciler.manifest import load_manifest
+    from reconciler.protocol.errors import ManifestError
+    from reconciler.protocol.manifest import load_manifest
 
     # --no-renames: a rename away from manifest.toml lists only the new name
     staged = subprocess.run(["git", "diff", "--cached", "--name-only", "--no-renames", "-z"],

@@ -20,7 +20,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.layout import NAME_PATTERN  # stdlib only: no pydantic on every git operation
+from reconciler.protocol.layout import (
+    NAME_PATTERN,  # stdlib only: no pydantic on every git operation
+)
+from reconciler.protocol.names import name_problem
 
 NAME_RE = re.compile(NAME_PATTERN)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -121,8 +124,8 @@ def git_argv(command: Command) -> list[str]:
 def run_store(command: Command, root: str) -> int:
     from pathlib import Path
 
-    from reconciler import store
-    from reconciler.errors import LedgerError
+    from reconciler.protocol.errors import LedgerError
+    from reconciler.store import backends as store
 
     try:
         if command.kind == "store-put":
@@ -161,7 +164,7 @@ def parse_args(argv: list[str]) -> Options:
     if len(rest) != 1:
         raise Refusal("misconfigured key: usage trainledger-shell [--ledger PATH] "
                       "[--store ROOT] NAME")
-    if not NAME_RE.match(rest[0]):
+    if not NAME_RE.fullmatch(rest[0]) or name_problem(rest[0]):
         raise Refusal(f"misconfigured key: {_shown(rest[0])} is not a valid name")
     return Options(ledger, store, rest[0])
 

@@ -95,7 +95,7 @@ fi
 # 5. the service
 install -d -o "$user" -m 0755 "$state_dir"
 unit="$unit_dir/trainledger-reconciler.service"
-template=$("$prefix/bin/python" -c 'from reconciler.resources import resource_dir; print(resource_dir("systemd"))')
+template=$("$prefix/bin/python" -c 'from reconciler.rules.resources import resource_dir; print(resource_dir("systemd"))')
 rendered=$(sed -e "s|%BIN%|$prefix/bin|g" -e "s|%USER%|$user|g" -e "s|%LEDGER%|$ledger|g" \
     -e "s|%STATE_DIR%|$state_dir|g" "$template/trainledger-reconciler.service.in")
 if [ -f "$unit" ] && [ "$(cat "$unit")" = "$rendered" ]; then

@@ -90,7 +90,7 @@ as_user "$prefix/bin/worker" capability || {
 install -d -o "$user" -m 0755 "$state_dir"
 store_arg=""; [ -n "$store" ] && store_arg="--store $store"
 unit="$unit_dir/trainledger-worker.service"
-template=$("$prefix/bin/python" -c 'from reconciler.resources import resource_dir; print(resource_dir("systemd"))')
+template=$("$prefix/bin/python" -c 'from reconciler.rules.resources import resource_dir; print(resource_dir("systemd"))')
 rendered=$(sed -e "s|%NAME%|$name|g" -e "s|%BIN%|$prefix/bin|g" -e "s|%USER%|$user|g" \
     -e "s|%LEDGER%|$ledger|g" -e "s|%STORE_ARG%|$store_arg|g" -e "s|%STATE_DIR%|$state_dir|g" \
     -e "s|%SLOTS%|$slots|g" -e "s|%GIT_SSH_COMMAND%|ssh -i $key -o IdentitiesOnly=yes|g" \

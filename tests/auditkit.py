@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from reconciler import trailers
-from reconciler.state import parse_state
+from reconciler.protocol import trailers
+from reconciler.protocol.state import parse_state
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import trailers
-from reconciler.init import init_ledger
+from reconciler.protocol import trailers
+from reconciler.rules.init import init_ledger
 
 QUICK_TRAINER = Path(__file__).resolve().parent / "trainers" / "quick.py"
 

@@ -1,5 +1,5 @@
 """Fake time and fake trainers for driving the worker and reconciler loops
-against the in-memory ledger (reconciler/memory.py)."""
+against the in-memory ledger (reconciler/git/memory.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ledgerkit import manifest_text
-from reconciler.memory import MemoryLedger
-from reconciler.schema import Capability
-from reconciler.store import LocalStore
+from reconciler.git.memory import MemoryLedger
+from reconciler.protocol.schema import Capability
+from reconciler.store.backends import LocalStore
 from worker.daemon import Worker, WorkerConfig
 from worker.runner import Outcome
 from workerkit import CPU_CAPABILITY

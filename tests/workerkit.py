@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.ledger import Ledger
-from reconciler.schema import JobState
+from reconciler.git.ledger import Ledger
+from reconciler.protocol.schema import JobState
 
 CPU_CAPABILITY = {
     "hostname": "test-cpu", "cpu_cores": 2, "ram_total_gib": 16.0, "ram_available_gib": 12.0,

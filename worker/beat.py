@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.errors import LedgerError
-from reconciler.port import LedgerPort
-from reconciler.schema import HELD, Capability, Heartbeat, HeldJob, JobState, Status
+from reconciler.git.port import LedgerPort
+from reconciler.protocol.errors import LedgerError, PushRejected
+from reconciler.protocol.schema import HELD, Capability, JobState, Status
+from worker.beatcap import fit_beat
 
 log = logging.getLogger("trainledger.worker")
 
@@ -45,6 +46,16 @@ def revocation(state: JobState | None, worker: str, attempt: int) -> str | None:
     return None
 
 
+def hook_refusal(exc: BaseException) -> str | None:
+    """The hook's reason when it said no (`trainledger: refused: ...`), else None:
+    a server-side failure (a ref lock, a full disk) is an outage, not a refusal."""
+    if not isinstance(exc, PushRejected):
+        return None
+    text = str(getattr(exc, "reason", None) or exc)
+    _, found, reason = text.partition("trainledger: refused: ")
+    return reason.strip().splitlines()[0][:500] if found and reason.strip() else None
+
+
 class Beater(threading.Thread):
     def __init__(
         self,
@@ -71,6 +82,9 @@ class Beater(threading.Thread):
         self._halt = threading.Event()
         self._wake = threading.Event()
         self._outage_since: float | None = None
+        self.ok_beats = 0
+        self.last_error: str | None = None
+        self.refused: str | None = None  # the hook's reason, when it said no
 
     def stop(self) -> None:
         self._halt.set()
@@ -92,13 +106,8 @@ class Beater(threading.Thread):
         except Exception:
             log.exception("event=capability-error worker=%s", self.worker)
             cap = None
-        beat = Heartbeat(
-            worker=self.worker, seq=self.seq, sent_at=self.ledger.clock(), slots=self.slots,
-            capability=cap,
-            jobs=[HeldJob(job_id=h.job_id, attempt=h.attempt, progress=h.progress,
-                          last_line=h.last_line, tail=h.tail or None, device=h.device)
-                  for h in held],
-        )
+        beat = fit_beat(self.worker, self.seq, self.ledger.clock(), self.slots, cap,
+                        held)  # bounded: worker/beatcap.py
         self.seq += 1
         try:
             self.ledger.push_heartbeat(beat)
@@ -111,6 +120,8 @@ class Beater(threading.Thread):
         except Exception as exc:
             if not isinstance(exc, LedgerError):
                 log.exception("event=beat-error worker=%s", self.worker)
+            self.last_error = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self.refused = hook_refusal(exc)
             if self._outage_since is None:
                 self._outage_since = self.clock()
                 log.warning("event=beat-failed worker=%s error=%s (retrying every beat; "
@@ -121,4 +132,11 @@ class Beater(threading.Thread):
                      self.clock() - self._outage_since)
             self._outage_since = None
         self.last_ok = self.clock()
+        self.ok_beats += 1
+        self.refused = self.last_error = None
         return True
+
+    @property
+    def failing_since(self) -> float | None:
+        """When the current run of failed beats began; None while beats land."""
+        return self._outage_since

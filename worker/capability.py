@@ -33,8 +33,8 @@ from typing import Any
 import psutil
 from pydantic import ValidationError
 
-from reconciler.errors import LedgerError
-from reconciler.schema import Capability, CudaDevice
+from reconciler.protocol.errors import LedgerError
+from reconciler.protocol.schema import Capability, CudaDevice
 
 GIB = 1024**3
 NVIDIA_SMI_ARGS = ("--query-gpu=index,name,memory.total,memory.free",

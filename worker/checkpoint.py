@@ -15,8 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
-from reconciler.schema import Artifact, Checkpoint
-from reconciler.store import Store, pack_into
+from reconciler.protocol.schema import Artifact, Checkpoint
+from reconciler.store.backends import Store, pack_into
 from worker.inputs import unpack_verified
 
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.cli import add_examples, add_ledger_arg, dispatch, state_dir_default
-from reconciler.cliutil import (
+from reconciler.cli.main import add_examples, add_ledger_arg, dispatch, state_dir_default
+from reconciler.cli.util import (
     EXIT_CODES,
     add_common_top,
     common_parent,
@@ -20,10 +20,10 @@ from reconciler.cliutil import (
     positive_int,
     version,
 )
-from reconciler.errors import LedgerError
+from reconciler.protocol.errors import LedgerError
 
 if TYPE_CHECKING:  # pydantic costs ~120 ms: `worker --help` does not load it
-    from reconciler.schema import Capability
+    from reconciler.protocol.schema import Capability
 
 
 def _capability(args: argparse.Namespace) -> Capability:
@@ -70,7 +70,12 @@ def cmd_capability(args: argparse.Namespace) -> int:
 
 
 def _ledgers(args: argparse.Namespace):
-    from reconciler.ledger import Ledger
+    from reconciler.git.ledger import Ledger
+    from reconciler.protocol.names import name_problem
+
+    if (problem := name_problem(args.name)) is not None:
+        raise LedgerError(f"--name {args.name!r}: {problem} (it names the worker's "
+                          "heartbeat ref, refs/heartbeats/<name>)")
 
     state_dir = Path(args.state_dir or state_dir_default(f"worker-{args.name}"))
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +109,7 @@ def judged_figures(cap: Capability) -> dict:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from reconciler.eligibility import explain
+    from reconciler.protocol.eligibility import explain
     from worker.resources import judged
 
     _state_dir, ledger = _ledgers(args)
@@ -139,11 +144,15 @@ WSL2_HINT = ("a worker cannot run natively on Windows (trainers need the Linux p
 def cmd_run(args: argparse.Namespace) -> int:
     if sys.platform == "win32":  # refuse at start-up, not at the first claim with a job held
         raise LedgerError(WSL2_HINT)
-    from reconciler.ledger import Ledger
-    from reconciler.store import open_store
+    from reconciler.git.ledger import Ledger
+    from reconciler.store.backends import open_store
+    from worker.beatcap import MAX_SLOTS
     from worker.capability import self_test
     from worker.daemon import Worker, WorkerConfig
 
+    if not 1 <= args.slots <= MAX_SLOTS:
+        raise LedgerError(f"--slots {args.slots}: must be 1..{MAX_SLOTS} (every held job is "
+                          "listed in the heartbeat, whose size is bounded)")
     cap = _capability(args)
     problems = self_test(cap)
     if problems:
@@ -152,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     beat_ledger = Ledger(args.ledger, state_dir / "beat.git", args.name)
 
     def store_factory(loaded):
-        from reconciler.storeurl import describe_store, resolve
+        from reconciler.protocol.storeurl import describe_store, resolve
 
         url = resolve(args.store, loaded.fleet.store, args.ledger)
         store = open_store(url, state_dir)
@@ -218,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--json", action="store_true")
     exp.set_defaults(func=cmd_explain)
 
-    from reconciler.completion import configure
+    from reconciler.cli.completion import configure
 
     comp = add("completion", "print a bash or zsh completion script")
     configure(comp, "worker")
@@ -227,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    from reconciler.completion import script
+    from reconciler.cli.completion import script
 
     print(script(args.full_parser(), args.shell), end="")
     return 0

@@ -20,21 +20,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import transitions
-from reconciler.eligibility import EligibleJobs, reasons
-from reconciler.errors import BundleError, LedgerError, LostRace, StoreError
-from reconciler.identity import JobSpec
-from reconciler.lease import Lease
-from reconciler.ledger import Proposal, Snapshot, compute_backoff
-from reconciler.manifest import LoadedManifest
-from reconciler.port import LedgerPort
-from reconciler.schema import HELD, Artifact, Capability, Checkpoint, JobState, Status
+from reconciler.git.cacherepair import cache_damage, reclone
+from reconciler.git.ledger import Proposal, Snapshot, compute_backoff
+from reconciler.git.port import LedgerPort
+from reconciler.git.sshconn import ROTATE_S, ssh_env
+from reconciler.protocol import transitions
+from reconciler.protocol.eligibility import EligibleJobs, reasons
+from reconciler.protocol.errors import BundleError, LedgerError, LostRace, StoreError
+from reconciler.protocol.identity import JobSpec
+from reconciler.protocol.lease import Lease
+from reconciler.protocol.manifest import LoadedManifest
+from reconciler.protocol.schema import HELD, Artifact, Capability, Checkpoint, JobState, Status
+from reconciler.protocol.upstream import inputs_of
 from reconciler.sdnotify import notify
-from reconciler.store import Store, pack_into
-from reconciler.upstream import inputs_of
+from reconciler.store.backends import Store, pack_into
 from worker import reaper
-from worker.beat import Beater, Held
+from worker.beat import Beater, Held, hook_refusal
 from worker.checkpoint import CheckpointDir
+from worker.fairness import TurnTaking, rival_could_take, waiting_rivals
 from worker.metrics import read_metrics, store_log
 from worker.pipeline import PipelineSteps
 from worker.resources import Reservation, Resources, place, reservation
@@ -66,7 +69,7 @@ def event(kind: str, **fields: object) -> None:
 
 class Worker(PipelineSteps):
     """`ledger` and `beat_ledger` are LedgerPorts (the git Ledger, or
-    reconciler/memory.py's); `clock`, `sleep` and `runner` (TrainerRun's shape)
+    reconciler/git/memory.py's); `clock`, `sleep` and `runner` (TrainerRun's shape)
     let a test drive `step()` on fake time with fake trainers."""
 
     def __init__(self, config: WorkerConfig, ledger: LedgerPort, beat_ledger: LedgerPort,
@@ -97,9 +100,14 @@ class Worker(PipelineSteps):
         self._revoked: dict[tuple[str, int], str] = {}
         self._signals = 0
         self._unreachable_since: float | None = None
+        self._paused_why: str | None = None
+        self._refusal: str | None = None  # the hook's last "no" to a write
+        self._refusals_logged: set[str] = set()
+        self._last_fsck = float("-inf")
         self._eligible_jobs = EligibleJobs()
         self._eligible_at: tuple[object, ...] | None = None  # (revision, manifest, capability)
         self._manifest_error: str | None = None
+        self.turns = TurnTaking()  # worker/fairness.py: a rival that keeps losing gets a turn
         self.beater = Beater(beat_ledger, self.name, self._judged, config.slots, self._held,
                              self._on_revoked, self._heartbeat_s, clock)
 
@@ -220,6 +228,11 @@ class Worker(PipelineSteps):
                 self.ledger.push_timeout_s = lease.write_push_timeout_s
                 if self.manifest is None or self.manifest.fleet != snap.manifest.fleet:
                     self.beater.poke()  # a beat now, then on the manifest's own cadence
+                rotate_s = min(ROTATE_S, lease.heartbeat_s)
+                for ledger in (self.ledger, self.beater.ledger):  # revocation: sshconn.py
+                    repo = getattr(ledger, "repo", None)  # the in-memory ledger has no ssh
+                    if repo is not None:
+                        repo.env.update(ssh_env(ledger.url, repo.path.parent, rotate_s))
             self.manifest = snap.manifest
         return self.manifest
 
@@ -238,12 +251,14 @@ class Worker(PipelineSteps):
         free = self.config.slots - len(self.runs)
         if self.config.max_jobs is not None:
             free = min(free, self.config.max_jobs - self.claimed_total)
-        if free <= 0 or self.stopping.is_set():
+        if free <= 0 or self.stopping.is_set() or self._claims_paused():
             return False
         chosen: list[tuple[JobSpec, transitions.Step]] = []
         upstream: dict[str, dict[str, JobState]] = {}
         devices: dict[str, int | None] = {}
         self.capability = self._judged()
+        beats = self._rival_beats()
+        rival_waiting = [False]
 
         def build(snap: Snapshot) -> Proposal | None:
             chosen.clear()
@@ -273,11 +288,28 @@ class Worker(PipelineSteps):
                     break
             if not chosen:
                 return None
+            lease = self._lease()
+            rivals = waiting_rivals(self.name, beats, snap.states, self._ledger_now(),
+                                    lease.stale_after_s) if beats else {}
+            rival_waiting[0] = bool(rivals) and rival_could_take(
+                rivals, [spec for spec, _ in chosen], snap.states, loaded)
+            pauses = self.turns.deferrals
+            if self.turns.should_yield(rival_waiting[0], self.clock(),
+                                       lease.stale_after_s / 4):
+                if self.turns.deferrals > pauses:  # once per pause, not once per poll
+                    event("claim-yielded", worker=self.name, to=",".join(sorted(rivals)))
+                yielded.append(True)
+                chosen.clear()
+                return None
             return Proposal.of_steps([step for _, step in chosen])
 
+        yielded: list[bool] = []
         outcome = self._write(build, "claim")
+        if yielded:
+            return False  # not idle: a rival has the turn
         if outcome is None or outcome.commit is None:
             return outcome is not None
+        self.turns.claimed(rival_waiting[0])
         for spec, step in chosen:
             event("claim", job=spec.name, attempt=step.new.attempt, worker=self.name,
                   lost_races=outcome.lost_races)
@@ -287,6 +319,43 @@ class Worker(PipelineSteps):
         self._commit_start([(s.job_id, step.new.attempt) for s, step in chosen])
         self.beater.poke()
         return False
+
+    def _claims_paused(self) -> bool:
+        """No claim while beats fail: a claim this worker cannot renew would only
+        be self-fenced and released, again and again. Said once per reason.
+        (The first claim does not wait for the first beat: that would cost every
+        start a beat's round trip.)"""
+        beater = self.beater
+        if beater.failing_since is None:
+            if self._paused_why is not None:
+                event("claims-resumed", worker=self.name)
+                self._paused_why = None
+            return False
+        why = f"heartbeat {'refused' if beater.refused else 'failing'}: {beater.last_error}"
+        if why != self._paused_why:
+            log.warning("event=claims-paused worker=%s reason=%r", self.name, why)
+            self._paused_why = why
+        return True
+
+    def _ledger_now(self) -> float:
+        """The ledger's clock (heartbeat commit times are on it), not the loop's."""
+        clock = getattr(self.ledger, "clock", None)
+        return clock() if callable(clock) else time.time()
+
+    def _rival_beats(self) -> dict:
+        """The fleet's heartbeats, read at most once a heartbeat period (a beat
+        changes no faster): what worker/fairness.py judges waiting rivals by."""
+        now = self.clock()
+        if self.turns.beats_read_at is not None and \
+                now - self.turns.beats_read_at < self._heartbeat_s():
+            return self.turns.beats
+        self.turns.beats_read_at = now
+        try:
+            self.ledger.fetch(heartbeats=True)
+            self.turns.beats = dict(self.ledger.heartbeats())
+        except LedgerError:
+            pass  # no view of the rivals this time: claim as before
+        return self.turns.beats
 
     def _eligible(self, loaded: LoadedManifest, snap: Snapshot) -> EligibleJobs:
         """The jobs this worker may claim now. reasons() depends only on the spec,
@@ -316,12 +385,23 @@ class Worker(PipelineSteps):
         return self._eligible_jobs
 
     def _write(self, build: Callable[[Snapshot], Proposal | None], what: str):
+        self._refusal = None
         try:
             outcome = self.ledger.write(build, deadline_s=self._lease().write_deadline_s)
         except LostRace as exc:
             event(f"{what}-gave-up", worker=self.name, lost_races=exc.lost_races)
             return None
         except LedgerError as exc:
+            refusal = hook_refusal(exc)
+            if refusal is not None:  # a refusal is an answer, not an outage
+                self._refusal = refusal
+                if refusal not in self._refusals_logged:
+                    self._refusals_logged.add(refusal)
+                    log.warning("event=write-refused worker=%s during=%s reason=%r", self.name,
+                                what, refusal)
+                return None
+            if self._repair_cache(what, exc):
+                return self._write(build, what)
             if self._unreachable_since is None:
                 self._unreachable_since = self.clock()
                 log.warning("event=ledger-unreachable worker=%s during=%s error=%s", self.name,
@@ -332,6 +412,23 @@ class Worker(PipelineSteps):
                   outage_s=f"{self.clock() - self._unreachable_since:.1f}")
             self._unreachable_since = None
         return outcome
+
+    def _repair_cache(self, what: str, exc: LedgerError) -> bool:
+        """A failed write while beats land (through their own cache) is not an
+        outage: check our cache and re-clone it when damaged. At most once a
+        heartbeat, so a real outage costs no fsck per retry."""
+        if self.beater.failing_since is not None or self.beater.ok_beats == 0 \
+                or self.clock() - self._last_fsck < self._heartbeat_s():
+            return False
+        self._last_fsck = self.clock()
+        damage = cache_damage(self.ledger)
+        if damage is None:
+            return False
+        log.warning("event=cache-broken worker=%s during=%s error=%r damage=%r action=re-clone",
+                    self.name, what, (str(exc).splitlines() or [""])[0][:300], damage)
+        reclone(self.ledger)
+        self._eligible_at = None
+        return True
 
     # -------------------------------------------------------------------- run
 
@@ -393,6 +490,18 @@ class Worker(PipelineSteps):
                 event("revoked", job=run.spec.name, attempt=attempt, reason=repr(why))
                 run.stop(why, grace_s=self.config.stop_grace_s)
                 self._forget(run)
+        refused = self.beater.refused
+        if self.runs and refused:
+            # The hook said no to our lease (e.g. our role was removed): it cannot be
+            # renewed, so nothing we hold may be finished. Give it all up now.
+            for run in list(self.runs.values()):
+                log.warning("event=gave-up job=%s attempt=%s worker=%s reason=%r",
+                            run.spec.name, run.attempt, self.name,
+                            f"heartbeat refused: {refused}")
+                run.stop(f"heartbeat refused: {refused}", grace_s=self.config.stop_grace_s)
+                self._release({run.spec.job_id: (run.attempt, f"released: heartbeat refused: "
+                                                 f"{refused}"[:MAX_ERROR])}, count=True)
+                self._forget(run)
         if self.runs and self._lease().lease_lost(self.clock() - self.beater.last_ok):
             silent = self.clock() - self.beater.last_ok
             for run in list(self.runs.values()):
@@ -400,8 +509,10 @@ class Worker(PipelineSteps):
                       reason=f"no successful heartbeat for {silent:.1f}s")
                 run.stop(f"lease probably lost: no heartbeat for {silent:.1f}s",
                          grace_s=self.config.stop_grace_s)
+                # spends one claim: a worker that can never beat must not claim,
+                # fence and release the same job forever for free
                 self._release({run.spec.job_id: (run.attempt, "released: lease lost")},
-                              count=False)
+                              count=True)
                 self._forget(run)
 
     def _reap(self) -> int:
@@ -575,15 +686,38 @@ class Worker(PipelineSteps):
                 written.add(job_id)
             return Proposal.of_steps(steps) if steps else None
 
-        tries = 0
+        tries, first_failure = 0, None
         while True:
             outcome = self._write(build, "record")
             if outcome is not None:
                 return written if outcome.commit else set()
+            if first_failure is None:
+                first_failure = self.clock()
             lease_lost = self._lease().lease_lost(self.clock() - self.beater.last_ok)
             with self._lock:
                 revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
-            if lease_lost or revoked or self._signals > 1:
+            # Beats landing while writes fail past the renew deadline: the lease
+            # would outlive our ability to write, so give the job up instead.
+            stuck = (self.clock() - first_failure > self._lease().renew_deadline_s
+                     and self._unreachable_since is not None and not lease_lost)
+            why = (f"the ledger refused the write: {self._refusal}" if self._refusal
+                   else "writes failing for over 2/3 of stale_after_s while heartbeats "
+                   "land" if stuck else None)
+            if why is not None:
+                self._give_up(list(updates), why)
+                return set()
+            if lease_lost or revoked or self.stopping.is_set():
                 return set()
             self.sleep(compute_backoff(tries + 3, rng=self.rng))
             tries += 1
+
+    def _give_up(self, job_ids: list[str], why: str) -> None:
+        """Stop beating for these jobs (the reconciler sweeps them once silent) and
+        say exactly why, once per job."""
+        for job_id in job_ids:
+            run = self.runs.get(job_id)
+            name = run.spec.name if run else job_id
+            log.warning("event=gave-up job=%s attempt=%s worker=%s reason=%r", name,
+                        run.attempt if run else "?", self.name, why)
+            if run is not None:
+                self._on_revoked(job_id, run.attempt, f"gave up: {why}")

@@ -11,11 +11,11 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from reconciler.bundle import unpack
-from reconciler.errors import BundleError, StoreError
-from reconciler.fetch import download
-from reconciler.state import JobState
-from reconciler.store import Store
+from reconciler.protocol.errors import BundleError, StoreError
+from reconciler.protocol.state import JobState
+from reconciler.store.backends import Store
+from reconciler.store.bundle import unpack
+from reconciler.store.download import download
 
 
 def unpack_verified(store: Store, sha256: str, size: int, dest: Path, tmp: Path) -> int:

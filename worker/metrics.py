@@ -20,9 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from reconciler.schema import Artifact
-from reconciler.state import METRIC_KEY, METRICS_MAX_BYTES, METRICS_SCHEMA, LogRef
-from reconciler.store import Store, pack_into
+from reconciler.protocol.schema import Artifact
+from reconciler.protocol.state import METRIC_KEY, METRICS_MAX_BYTES, METRICS_SCHEMA, LogRef
+from reconciler.store.backends import Store, pack_into
 
 METRICS_FILE = "metrics.json"
 LOG_CAP_BYTES = 8 * 1024 * 1024

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import transitions
-from reconciler.errors import BundleError, StoreError
-from reconciler.identity import JobSpec
-from reconciler.schema import Artifact, Checkpoint, JobState, Status
+from reconciler.protocol import transitions
+from reconciler.protocol.errors import BundleError, StoreError
+from reconciler.protocol.identity import JobSpec
+from reconciler.protocol.schema import Artifact, Checkpoint, JobState, Status
 from worker.checkpoint import CheckpointDir
 from worker.inputs import prepare_inputs
 

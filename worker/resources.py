@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from reconciler.eligibility import choose_device
-from reconciler.identity import JobSpec
-from reconciler.schema import Capability
+from reconciler.protocol.eligibility import choose_device
+from reconciler.protocol.identity import JobSpec
+from reconciler.protocol.schema import Capability
 
 log = logging.getLogger("trainledger.worker")
 

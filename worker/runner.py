@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from reconciler.identity import JobSpec
+from reconciler.protocol.identity import JobSpec
+from worker.logcap import BoundedLog, LineReader
 from worker.reaper import FENCE_ENV, kill_fenced
 
 PROGRESS_RE = re.compile(r"^\s*progress:\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 TQDM_RE = re.compile(r"(\d{1,3}(?:\.\d+)?)%\|")  # tqdm's " 45%|####      | 45/100"
-LINE_RE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")
 PR_SET_PDEATHSIG = 1
 LOG_TAIL_BYTES = 2048
 MAX_LINE = 512  # last_line and each heartbeat tail line
@@ -216,24 +216,17 @@ class TrainerRun:
     def _read(self) -> None:
         assert self._proc and self._proc.stdout
         fd = self._proc.stdout.fileno()
-        pending = b""
-        with self.log_path.open("ab") as log:
+        lines = LineReader()  # bounded per line: worker/logcap.py
+        with BoundedLog(self.log_path) as log:
             while chunk := os.read(fd, 65536):
-                log.write(chunk)
-                log.flush()
-                pending += chunk
-                end = 0
-                for m in LINE_RE.finditer(pending):
-                    self._line(m.group(1), m.group(2) == b"\r")
-                    end = m.end()
-                pending = pending[end:]
-                if len(pending) > 65536:  # no line end for 64 KiB: take it as a line
-                    self._line(pending, False)
-                    pending = b""
-                elif pending:  # a bar drawn as `\r 45%|...` stays unterminated until the
-                    self._line(pending, True)  # next redraw: show it now, replace it then
-            if pending:
-                self._line(pending, False)
+                for line, end in lines.feed(chunk):
+                    log.write(line + end)
+                    self._line(line, end == b"\r")
+                if lines.pending:  # a bar drawn as `\r 45%|...` stays unterminated until the
+                    self._line(lines.pending, True)  # next redraw: show it now, replace it then
+            for line, end in lines.close():
+                log.write(line + end)
+                self._line(line, False)
         if self._exited is not None:
             self._exited.set()
 

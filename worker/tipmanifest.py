@@ -7,9 +7,9 @@ started on such a tip used to idle silently. It now looks back the same way.
 
 from __future__ import annotations
 
-from reconciler.errors import LedgerError, ManifestError
-from reconciler.ledger import Ledger
-from reconciler.manifest import LoadedManifest, load_manifest
+from reconciler.git.ledger import Ledger
+from reconciler.protocol.errors import LedgerError, ManifestError
+from reconciler.protocol.manifest import LoadedManifest, load_manifest
 
 LOOK_BACK = 50  # commits touching manifest.toml
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import make_ledger
-from reconciler.state import Status
+from reconciler.protocol.state import Status
 from workerkit import Fleet
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.identity import JobSpec, job_id_of
-from reconciler.manifest import load_manifest
+from reconciler.protocol.identity import JobSpec, job_id_of
+from reconciler.protocol.manifest import load_manifest
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "ledger-template" / "manifest.toml"
 TIMEOUT_S = 120

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from auditkit import assert_trailers_match
-from reconciler.bundle import unpack
-from reconciler.init import init_ledger
-from reconciler.manifest import load_manifest
-from reconciler.schema import Status
+from reconciler.protocol.manifest import load_manifest
+from reconciler.protocol.schema import Status
+from reconciler.rules.init import init_ledger
+from reconciler.store.bundle import unpack
 from workerkit import Fleet, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow

@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler import trailers
-from reconciler.gitrepo import GitRepo
-from reconciler.state import HELD, TERMINAL, JobState, Status, parse_state
+from reconciler.git.repo import GitRepo
+from reconciler.protocol import trailers
+from reconciler.protocol.state import HELD, TERMINAL, JobState, Status, parse_state
 from workerkit import wait_for
 
 ROLES = {"reconciler": "reconciler", "operator": "operator"}  # anyone else is a worker

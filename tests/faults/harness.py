@@ -36,9 +36,9 @@ from faults.check import Report, check_c, load_factor
 from faults.proxy import Proxy
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler.ledger import Ledger
-from reconciler.schema import Heartbeat
-from reconciler.state import JobState
+from reconciler.git.ledger import Ledger
+from reconciler.protocol.schema import Heartbeat
+from reconciler.protocol.state import JobState
 from workerkit import Fleet, WorkerProc, pid_alive, wait_for
 
 if TYPE_CHECKING:

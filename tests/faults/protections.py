@@ -31,11 +31,12 @@ class Mutation:
     old: str
     new: str
     also: tuple[tuple[str, str, str], ...] = ()  # more (path, old, new) edits
+    test: str = "tests/faults"  # where test_<row> lives (a file, for rows outside the matrix)
 
 
 MUTATIONS = [
     Mutation("worker_crash_loop", "the reconciler sweeps a claim silent for stale_after_s",
-             "reconciler/plan.py",
+             "reconciler/daemon/plan.py",
              "    if state.status not in HELD:\n"
              "        return None, None\n    last = obs.last_sign(state)",
              "    if True:\n        return None, None\n    last = obs.last_sign(state)"),
@@ -47,7 +48,7 @@ MUTATIONS = [
              '+ f"\\nlog tail:\\n{run.log_tail()}")',
              ')'),
     Mutation("stale_worker_returns", "the hook's fence: a worker writes only as holder, at "
-             "the ledger's attempt", "reconciler/transitions.py",
+             "the ledger's attempt", "reconciler/protocol/transitions.py",
              "def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:\n",
              "def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:\n"
              "    return None\n"),
@@ -63,48 +64,142 @@ MUTATIONS = [
              "if self.runs and self._lease().lease_lost(self.clock() - self.beater.last_ok):",
              "if False:"),
     Mutation("ambiguous_push", "a push of unknown result is checked against the ledger "
-             "(`landed`) before anything is retried", "reconciler/ledger.py",
+             "(`landed`) before anything is retried", "reconciler/git/ledger.py",
              "                    if self.landed(sha):", "                    if False:"),
     Mutation("claim_storm", "a claim is a compare-and-swap on main (no forced push, "
-             "receive.denyNonFastForwards)", "reconciler/ledger.py",
+             "receive.denyNonFastForwards)", "reconciler/git/ledger.py",
              '        else:\n            args.append(f"{sha}:{ref}")',
              '        else:\n            args.append(f"+{sha}:{ref}")',
-             also=(("reconciler/init.py", '"receive.denyNonFastForwards": "true"',
+             also=(("reconciler/rules/init.py", '"receive.denyNonFastForwards": "true"',
                     '"receive.denyNonFastForwards": "false"'),
-                   ("reconciler/validate.py", "    if old is not None and not "
+                   ("reconciler/rules/validate.py", "    if old is not None and not "
                     "repo.is_ancestor(old, new):", "    if False:"))),
     Mutation("reconciler_crash_loop", "a restarted reconciler gives every claim a full "
              "stale_after_s from its own start: no sweep before it has been up that long, "
              "and a claim's first sighting counts as a sign of life (either suffices, so "
-             "both are removed)", "reconciler/plan.py",
+             "both are removed)", "reconciler/daemon/plan.py",
              "        seen = self.held_seen.get((state.job_id, state.attempt, "
              "state.status.value))",
              "        seen = self.held_seen.get((state.job_id, state.attempt, "
              "state.status.value))\n        seen = None if seen is None else seen - 3600",
-             also=(("reconciler/lease.py",
+             also=(("reconciler/protocol/lease.py",
                     "        return max(last_sign, started_at) + self.stale_after_s",
                     "        return last_sign + self.stale_after_s"),)),
     Mutation("clock_skew", "liveness is judged on the reconciler's clock, never on a "
-             "worker's timestamps", "reconciler/observe.py",
+             "worker's timestamps", "reconciler/daemon/observe.py",
              "            obs.beat_seen[worker] = (record.sha, now)",
              "            obs.beat_seen[worker] = (record.sha, now + (record.beat.sent_at - "
              "__import__('time').time() if record.beat else 0))"),
     Mutation("server_kill_mid_push", "`reconciler fsck --fix` removes a dead push's ref lock",
-             "reconciler/fsck.py", "            lock.unlink(missing_ok=True)",
+             "reconciler/cli/fsck.py", "            lock.unlink(missing_ok=True)",
              "            pass"),
     Mutation("store_disk_full", "a failed store write removes its temp file",
-             "reconciler/store.py",
+             "reconciler/store/backends.py",
              "        except BaseException:\n            with contextlib.suppress(OSError):\n"
              "                os.unlink(name, dir_fd=dfd)\n            raise",
              "        except BaseException:\n            raise"),
     Mutation("same_bundle_twice", "each put stages under its own temp name, then renames",
-             "reconciler/store.py",
+             "reconciler/store/backends.py",
              'name = f".put-{os.getpid()}-{secrets.token_hex(6)}.tmp"',
              'name = ".put-shared.tmp"'),
     Mutation("operator_during_load", "a worker stops a job cancelled on main at its next "
              "beat", "worker/beat.py",
              "why = revocation(snap.states.get(h.job_id), self.worker, h.attempt)",
              "why = None"),
+]
+
+# Issue 19 (reliability round 2): each row is a test outside the fault matrix.
+HOOK2 = "tests/integration/test_hook_round2.py"
+REFUSALS = "tests/integration/test_worker_refusals.py"
+BOUNDS = "tests/unit/test_bounds.py"
+MUTATIONS += [
+    Mutation("role_removed_while_running", "a lease ends with its holder's right to write: the "
+             "hook refuses a role-less identity's beats, and a worker gives a job up when the "
+             "hook refuses its write (either suffices, so both are removed)",
+             "reconciler/hook.py", "    check_beat_role(ref, pusher, access)\n", "",
+             also=(("worker/daemon.py", "            if why is not None:\n"
+                    "                self._give_up(", "            if False:\n"
+                    "                self._give_up("),), test=REFUSALS),
+    Mutation("corrupt_ledger_cache", "a failed write while beats land checks the cache and "
+             "re-clones it when damaged", "worker/daemon.py",
+             "            if self._repair_cache(what, exc):", "            if False:",
+             test=REFUSALS),
+    Mutation("beats_failing_stop_claims_and_spend_budget", "a self-fenced release spends "
+             "one claim", "worker/daemon.py",
+             '"released: lease lost")},\n                              count=True)',
+             '"released: lease lost")},\n                              count=False)',
+             test=REFUSALS),
+    Mutation("beats_failing_stop_claims_and_spend_budget", "no claim while beats fail",
+             "worker/daemon.py", "or self._claims_paused():", "or False:", test=REFUSALS),
+    Mutation("deleting_the_key_line_stops_writes_within_two_heartbeats", "the ssh master is "
+             "renewed every period, so a deleted key stops authenticating",
+             "reconciler/git/sshconn.py",
+             "    period = f'\"$(( $(date +%s) / {_period(rotate_s)} ))\"'",
+             "    period = '0'", test="tests/ssh/test_revocation.py"),
+    Mutation("heartbeat_annotated_tag", "the hook checks the pushed object's own type and size, "
+             "not the commit a tag peels to", "reconciler/hook.py",
+             "= read_two(new, f\"{MAIN}:access.toml\"",
+             "= read_two(new + \"^{commit}\", f\"{MAIN}:access.toml\"",
+             test=HOOK2),
+    Mutation("heartbeat_without_a_role", "a role-less identity may not beat",
+             "reconciler/hook.py", "    check_beat_role(ref, pusher, access)\n", "", test=HOOK2),
+    Mutation("pusher_name_not_a_ref_component", "the hook refuses a pusher whose name is not "
+             "a ref component", "reconciler/hook.py",
+             "    if (problem := name_problem(identity)) is not None:\n        raise Refusal("
+             'f"pusher identity', "    if False:\n        raise Refusal(f\"pusher identity",
+             test=HOOK2),
+    Mutation("manifest_host_not_a_ref_component", "a manifest host must be a ref component",
+             "reconciler/protocol/schema.py",
+             "            if (problem := name_problem(name)) is not None:",
+             "            if (problem := None) is not None:", test=HOOK2),
+    Mutation("operator_authors_as_a_worker_with_workers_unset", "with `workers` unset an "
+             "operator authors only as itself or under a name no identity can have",
+             "reconciler/rules/validate.py",
+             "    if access.workers is None and is_valid_name(author):",
+             "    if False:", test=HOOK2),
+    Mutation("state_name_changed_in_a_claim", "a move may not change a job's name",
+             "reconciler/protocol/transitions.py", "    if old.name != new.name:  # a move",
+             "    if False:  # a move", test=HOOK2),
+    Mutation("state_trailing_newline_in_a_pattern", "patterns are matched whole (fullmatch)",
+             "reconciler/protocol/state.py", 'not re.fullmatch(schema["pattern"], value)',
+             'not re.match(schema["pattern"], value)', test=HOOK2),
+    Mutation("state_utf16", "state files are UTF-8 only", "reconciler/protocol/state.py",
+             'text = data.decode("utf-8") if isinstance(data, bytes) else data',
+             'text = (data.decode("utf-16") if data[:2] in (b"\\xff\\xfe", b"\\xfe\\xff") '
+             'else data.decode("utf-8")) if isinstance(data, bytes) else data', test=HOOK2),
+    Mutation("state_duplicate_keys", "no duplicate keys in a state file",
+             "reconciler/protocol/state.py",
+             "object_pairs_hook=_no_duplicates", "object_pairs_hook=dict",
+             test=HOOK2),
+    Mutation("report_bounded_with_thousands_of_orphans", "the reconciler's report is counts "
+             "plus capped samples", "reconciler/daemon/loop.py",
+             "        return bounded_report(dict(self.__dict__))",
+             "        return dict(self.__dict__)", test=BOUNDS),
+    Mutation("beat_of_twelve_slots_printing_long_non_ascii_lines", "a beat is cut to its byte "
+             "budget: lines by JSON bytes, then dropped (both layers removed)",
+             "worker/beatcap.py",
+             "    per_line = min(LINE_MAX, LINES_BUDGET // max(1, len(held)))",
+             "    per_line = 1 << 30",
+             also=(("worker/beatcap.py", "def beat_size(beat: Heartbeat) -> int:\n    return ",
+                    "def beat_size(beat: Heartbeat) -> int:\n    return 0 and "),), test=BOUNDS),
+    Mutation("names_refused_by_access_toml", "access.toml names must be ref components",
+             "reconciler/protocol/access.py",
+             "if not NAME_RE.fullmatch(name) or name_problem(name):",
+             "if not NAME_RE.match(name):", test=BOUNDS),
+    Mutation("names_refused_by_enroll", "enroll refuses names that are not ref components",
+             "reconciler/cli/enroll.py", "if not NAME_RE.fullmatch(name) or name_problem(name):",
+             "if not NAME_RE.match(name):", test=BOUNDS),
+    Mutation("worker_name_refused_before_it_claims", "`worker run --name` must be a ref "
+             "component", "worker/cli.py",
+             "if (problem := name_problem(args.name)) is not None:", "if (problem := None):",
+             test=BOUNDS),
+    Mutation("long_lines_keep_memory_and_log_bounded", "a trainer's lines are kept to "
+             "LINE_CAP bytes", "worker/logcap.py",
+             "        line = line[:self.cap]\n", "        line = line\n", test=BOUNDS),
+    Mutation("log_file_keeps_its_newest_part_under_the_cap", "the log file keeps its newest "
+             "half past LOG_CAP", "worker/logcap.py",
+             "        if self._size > self.cap:\n            self._cut()",
+             "        if False:\n            self._cut()", test=BOUNDS),
 ]
 
 
@@ -122,7 +217,7 @@ def run(m: Mutation, base: Path) -> tuple[bool, str, float]:
             path.write_text(text.replace(old, new))
         env = {**os.environ, "PYTHONPATH": f"{tree}:{tree / 'tests'}"}
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/faults", "-q", "-x",
+        proc = subprocess.run([sys.executable, "-m", "pytest", m.test, "-q", "-x",
                                "-p", "no:cacheprovider", "-k", f"test_{m.row}"],
                               cwd=tree, env=env, capture_output=True, text=True, timeout=900)
         took = time.monotonic() - t0

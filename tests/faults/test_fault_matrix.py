@@ -36,10 +36,10 @@ from faults.harness import (
     soak_minutes,
 )
 
-from reconciler import trailers
-from reconciler.errors import PushRejected
-from reconciler.ledger import Ledger, Proposal
-from reconciler.state import HELD, Artifact, Status
+from reconciler.git.ledger import Ledger, Proposal
+from reconciler.protocol import trailers
+from reconciler.protocol.errors import PushRejected
+from reconciler.protocol.state import HELD, Artifact, Status
 from workerkit import pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
@@ -563,7 +563,7 @@ def row_store_disk_full(f: FaultRun) -> None:
 PUT_SCRIPT = """
 import sys, time
 from pathlib import Path
-from reconciler.store import LocalStore
+from reconciler.store.backends import LocalStore
 go = Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)

@@ -419,7 +419,7 @@ def test_the_guide_sets_up_a_fleet_that_trains(fleet_field: Field) -> None:
     assert "reconciler.hook" in hook.read_text()
     # the plain (non-editable) install found its template and hooks in the wheel
     where = f.as_user(PI_USER, str(pi / "opt" / "bin" / "python"), "-c",
-                      "from reconciler.resources import resource_dir as r; "
+                      "from reconciler.rules.resources import resource_dir as r; "
                       "print(r('ledger-template'), r('hooks'))").stdout.split()
     assert all(str(pi / "opt") in w and "/site-packages/reconciler/_data/" in w for w in where)
     installed = f.as_user(PI_USER, str(pi / "opt" / "bin" / "python"), "-m", "pip", "list",

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from reconciler.eligibility import choose_device
-from reconciler.identity import JobSpec
+from reconciler.protocol.eligibility import choose_device
+from reconciler.protocol.identity import JobSpec
 from worker.capability import detect_capability, nvidia_smi_devices, self_test, torch_devices
 
 pytestmark = pytest.mark.gpu

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import LedgerDir, make_ledger, manifest_text
-from reconciler import trailers
-from reconciler.fsck import fsck
-from reconciler.init import init_ledger
-from reconciler.state import Status
+from reconciler.cli.fsck import fsck
+from reconciler.protocol import trailers
+from reconciler.protocol.state import Status
+from reconciler.rules.init import init_ledger
 from workerkit import CPU_CAPABILITY, Fleet
 
 pytestmark = pytest.mark.slow

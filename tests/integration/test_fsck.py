@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler import trailers
-from reconciler.fsck import fsck
-from reconciler.ledger import Ledger, Proposal
-from reconciler.state import Status
-from reconciler.store import LocalStore
+from reconciler.cli.fsck import fsck
+from reconciler.git.ledger import Ledger, Proposal
+from reconciler.protocol import trailers
+from reconciler.protocol.state import Status
+from reconciler.store.backends import LocalStore
 
 OLD = time.time() - 3600
 

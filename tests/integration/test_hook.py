@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler.init import install_hooks
-from reconciler.state import JobState, Status
+from reconciler.protocol.state import JobState, Status
+from reconciler.rules.init import install_hooks
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import LedgerDir, make_ledger, manifest_text
-from reconciler.daemon import Reconciler, recheck_needed
-from reconciler.hookpath import server_hooks_dir
-from reconciler.ledger import Ledger
-from reconciler.recheck import Rechecker
-from reconciler.state import Status
+from reconciler.daemon.loop import Reconciler, recheck_needed
+from reconciler.git.ledger import Ledger
+from reconciler.protocol.state import Status
+from reconciler.rules.hookpath import server_hooks_dir
+from reconciler.rules.recheck import Rechecker
 from workerkit import wait_for
 
 pytestmark = pytest.mark.slow

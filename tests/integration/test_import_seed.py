@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import make_ledger
-from reconciler.bundle import pack
-from reconciler.seed import seed_job_id
-from reconciler.store import LocalStore
+from reconciler.cli.seed import seed_job_id
+from reconciler.store.backends import LocalStore
+from reconciler.store.bundle import pack
 from workerkit import Fleet
 
 pytestmark = pytest.mark.slow

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import manifest_text
-from reconciler import trailers
-from reconciler.errors import LedgerError
-from reconciler.init import InitError, init_ledger, install_client_hooks
-from reconciler.manifest import load_manifest
-from reconciler.state import JobState, Status
+from reconciler.protocol import trailers
+from reconciler.protocol.errors import LedgerError
+from reconciler.protocol.manifest import load_manifest
+from reconciler.protocol.state import JobState, Status
+from reconciler.rules.init import InitError, init_ledger, install_client_hooks
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler import trailers
-from reconciler.errors import GitError, PushAmbiguous, PushRejected
-from reconciler.gitrepo import CatFile, GitRepo
-from reconciler.ledger import Ledger, Proposal, PushResult, PushStatus, Snapshot
-from reconciler.schema import Heartbeat, HeldJob
-from reconciler.state import Status
+from reconciler.git.ledger import Ledger, Proposal, PushResult, PushStatus, Snapshot
+from reconciler.git.repo import CatFile, GitRepo
+from reconciler.protocol import trailers
+from reconciler.protocol.errors import GitError, PushAmbiguous, PushRejected
+from reconciler.protocol.schema import Heartbeat, HeldJob
+from reconciler.protocol.state import Status
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledgerkit import LedgerDir, make_ledger, manifest_text
-from reconciler.cli import main
+from reconciler.cli.main import main
 from workerkit import Fleet, wait_for
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def ok_json(*args: str) -> dict:
     return json.loads(out)
 
 
-def run_cli(*args: str, module: str = "reconciler.cli", **kw) -> subprocess.CompletedProcess:
+def run_cli(*args: str, module: str = "reconciler.cli.main", **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                           text=True, timeout=120, **kw)
 
@@ -77,7 +77,7 @@ def metrics(path: Path) -> dict[str, list]:
 
 
 def test_versions() -> None:
-    for module, prog in (("reconciler.cli", "reconciler"), ("worker.cli", "worker")):
+    for module, prog in (("reconciler.cli.main", "reconciler"), ("worker.cli", "worker")):
         proc = run_cli("--version", module=module)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"{prog} (trainledger) ")

@@ -19,8 +19,8 @@ import pytest
 
 from auditkit import assert_trailers_match
 from ledgerkit import LedgerDir, make_ledger
-from reconciler.bundle import unpack
-from reconciler.schema import Status
+from reconciler.protocol.schema import Status
+from reconciler.store.bundle import unpack
 from workerkit import CPU_CAPABILITY, Fleet, wait_for
 
 pytestmark = pytest.mark.slow
@@ -214,7 +214,7 @@ def test_a_corrupt_upstream_artifact_is_refused_and_spends_claims(tmp_path: Path
 
 def test_status_selects_a_sweeps_points(tmp_path: Path, capsys) -> None:
     """`status --sweep NAME` lists exactly that sweep's points, each row naming it."""
-    from reconciler.cli import main
+    from reconciler.cli.main import main
 
     sweep = ('\n[[sweeps]]\nname = "lr-grid"\nmodel = "quick"\n'
              'grid = { lr = [0.1, 0.2, 0.3] }\nseed = [0, 1]\n')

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import LedgerDir, make_ledger, manifest_text
-from reconciler.cli import main
-from reconciler.state import Status
+from reconciler.cli.main import main
+from reconciler.protocol.state import Status
 from workerkit import Fleet, wait_for
 
 pytestmark = pytest.mark.slow
@@ -70,8 +70,8 @@ def status(led: LedgerDir) -> dict:
 def forge(led: LedgerDir, who: str, change, job: str | None = None) -> None:
     """Commit `change(old_state) -> new_state` for `job` (default: the first job)
     as `who`, through the ledger layer."""
-    from reconciler import trailers
-    from reconciler.ledger import Ledger, Proposal
+    from reconciler.git.ledger import Ledger, Proposal
+    from reconciler.protocol import trailers
 
     ledger = Ledger(led.url, led.root / f"forge-{who}.git", who)
 
@@ -326,9 +326,9 @@ def test_workers_with_skewed_clocks_are_neither_swept_early_nor_kept_late(
     import random
     import threading
 
-    from reconciler.ledger import Ledger
-    from reconciler.schema import Capability
-    from reconciler.store import LocalStore
+    from reconciler.git.ledger import Ledger
+    from reconciler.protocol.schema import Capability
+    from reconciler.store.backends import LocalStore
     from worker.daemon import Worker, WorkerConfig
     from workerkit import CPU_CAPABILITY
 

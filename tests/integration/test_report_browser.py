@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import make_ledger
-from reconciler.cli import main
+from reconciler.cli.main import main
 from workerkit import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import QUICK_HYPER, manifest_text
-from reconciler.init import init_ledger
-from reconciler.schema import TERMINAL, Status
-from reconciler.status import read_status, render
+from reconciler.cli.status import read_status, render
+from reconciler.protocol.schema import TERMINAL, Status
+from reconciler.rules.init import init_ledger
 from workerkit import CUDA_CAPABILITY, Fleet, wait_for
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import StoreError
-from reconciler.state import Artifact
-from reconciler.store import (
+from reconciler.protocol.errors import StoreError
+from reconciler.protocol.state import Artifact
+from reconciler.store.backends import (
     LocalStore,
     SshStore,
     open_store,
@@ -141,7 +141,7 @@ def test_concurrent_puts_of_one_sha_in_threads(store: LocalStore) -> None:
 CHILD_PUT = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from reconciler.store import LocalStore
+    from reconciler.store.backends import LocalStore
     store = LocalStore(Path(sys.argv[1]))
     print("ready", flush=True)
     sys.stdin.readline()  # the barrier: every child is imported and waiting
@@ -207,8 +207,8 @@ def test_a_store_root_that_is_a_symlink_is_the_operators_choice(tmp_path: Path) 
 CHILD_FULL = textwrap.dedent("""
     import io, os, resource, sys
     from pathlib import Path
-    from reconciler.errors import StoreError
-    from reconciler.store import LocalStore, pack_into
+    from reconciler.protocol.errors import StoreError
+    from reconciler.store.backends import LocalStore, pack_into
     resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, resource.RLIM_INFINITY))
     store = LocalStore(Path(sys.argv[1]))
     data = os.urandom(1 << 20)
@@ -270,7 +270,7 @@ def test_open_store_picks_the_kind_by_url(tmp_path: Path) -> None:
 FAKE_SSH = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from reconciler import store
+    from reconciler.store import backends as store
     root, log, *argv = sys.argv[1:]
     with open(log, "a") as f:
         f.write(" ".join(argv) + "\\n")

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ledgerkit import make_ledger
-from reconciler import trailers
-from reconciler.ledger import Ledger, Proposal
-from reconciler.schema import Artifact
-from reconciler.state import Status
-from reconciler.timeline import Timeline, read_timeline
+from reconciler.cli.timeline import Timeline, read_timeline
+from reconciler.git.ledger import Ledger, Proposal
+from reconciler.protocol import trailers
+from reconciler.protocol.schema import Artifact
+from reconciler.protocol.state import Status
 
 
 def write(ledger_url: str, root: Path, who: str, job: str, update: dict, label: str) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import make_ledger, manifest_text
-from reconciler import trailers
-from reconciler.ledger import Ledger, Proposal
-from reconciler.schema import TERMINAL, Status
+from reconciler.git.ledger import Ledger, Proposal
+from reconciler.protocol import trailers
+from reconciler.protocol.schema import TERMINAL, Status
 from workerkit import CPU_CAPABILITY, Fleet, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow

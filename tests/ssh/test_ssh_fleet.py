@@ -25,12 +25,13 @@ import pytest
 import zstandard
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler import cli, trailers
-from reconciler.bundle import pack
-from reconciler.errors import PushRejected
-from reconciler.ledger import Ledger, Proposal, PushStatus
-from reconciler.schema import Artifact, JobState, Status
-from reconciler.store import open_store
+from reconciler.cli import main as cli
+from reconciler.git.ledger import Ledger, Proposal, PushStatus
+from reconciler.protocol import trailers
+from reconciler.protocol.errors import PushRejected
+from reconciler.protocol.schema import Artifact, JobState, Status
+from reconciler.store.backends import open_store
+from reconciler.store.bundle import pack
 from workerkit import Fleet as WorkerFleet
 
 if TYPE_CHECKING:  # the fixtures' types; tests/conftest.py is also a `conftest`

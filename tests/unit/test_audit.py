@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from reconciler import trailers
-from reconciler import transitions as t
-from reconciler.audit import is_restore, trail_mismatches
-from reconciler.state import JobState, Status
+from reconciler.protocol import trailers
+from reconciler.protocol import transitions as t
+from reconciler.protocol.audit import is_restore, trail_mismatches
+from reconciler.protocol.state import JobState, Status
 
 A, B = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
 

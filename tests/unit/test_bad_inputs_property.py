@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from reconciler.access import load_access
-from reconciler.errors import AccessDenied, IllegalTransition, LedgerError, ManifestError
-from reconciler.manifest import load_manifest
-from reconciler.state import (
+from reconciler.protocol.access import load_access
+from reconciler.protocol.errors import AccessDenied, IllegalTransition, LedgerError, ManifestError
+from reconciler.protocol.manifest import load_manifest
+from reconciler.protocol.state import (
     HELD,
     MAX_STATE_BYTES,
     STATE_SCHEMA,
@@ -35,7 +35,7 @@ from reconciler.state import (
     parse_state,
     state_path,
 )
-from reconciler.transitions import Actor, Role, check_transition
+from reconciler.protocol.transitions import Actor, Role, check_transition
 
 FILE = "ledger/manifest.toml"
 SLOW = settings(max_examples=60, deadline=None,
@@ -433,6 +433,6 @@ def test_deep_or_huge_access_files_are_a_clean_error(text: str) -> None:
 
 
 def test_every_refusal_is_a_ledger_error() -> None:
-    """What the CLI turns into one line (reconciler/cli.py) covers all of the above."""
+    """What the CLI turns into one line (reconciler/cli/main.py) covers all of the above."""
     for cls in (ManifestError, IllegalTransition, AccessDenied):
         assert issubclass(cls, LedgerError)

@@ -59,8 +59,8 @@ def test_seed_writes_canonical_state_json() -> None:
 
 
 def test_seeded_ledger_reads_back(tmp_path: Path) -> None:
-    from reconciler.ledger import Ledger
-    from reconciler.schema import Status
+    from reconciler.git.ledger import Ledger
+    from reconciler.protocol.schema import Status
 
     seeded = seed_ledger(tmp_path, 60, done_fraction=0.5, running=4, batches=3)
     ledger = Ledger(seeded.url, tmp_path / "cache.git", "reader")
@@ -125,3 +125,42 @@ def test_modes_keep_every_row(quick: bool, tmp_path: Path) -> None:
     cfg = Config.for_mode(quick, Scratch(tmp_path))
     assert cfg.p2_ks == (1, 4, 16, 32)
     assert len(cfg.p4_sizes) == 2
+
+
+def test_cycle_figures_and_utilization() -> None:
+    from bench.cycle import cycle_figures, utilization
+
+    events = [(0.0, "pending->claimed", "a"), (0.1, "claimed->running", "a"),
+              (0.5, "running->completed", "a"), (0.6, "pending->claimed", "b"),
+              (1.5, "running->completed", "b"), (2.5, "running->completed", "c")]
+    fig = cycle_figures(events, 3)
+    assert fig["cycle_s"] == 1.0 and fig["span_s"] == 2.5 and fig["completed"] == 3
+    assert fig["changes_per_job"] == 2.0
+    with pytest.raises(RuntimeError, match="only 3 of 4"):
+        cycle_figures(events, 4)
+    assert utilization(30.0, 40.0) == 0.75
+    assert utilization(30.0, 0.0) == 0.0
+
+
+def test_smallest_share_sees_a_starved_claimer() -> None:
+    from bench.claims import smallest_share
+
+    even = [{"claimer": i % 4} for i in range(40)]
+    assert smallest_share(even, 4) == 1.0
+    starved = [{"claimer": i % 3} for i in range(30)]  # claimer 3 never won
+    assert smallest_share(starved, 4) == 0.0
+    assert smallest_share([], 4) == 0.0
+
+
+def test_p8_p9_registered_with_quick_sizes() -> None:
+    from bench.__main__ import _rows
+
+    assert {"P8", "P9"} <= set(_rows())
+    quick = Config.for_mode(True, Scratch(Path("/nonexistent")))
+    full = Config.for_mode(False, Scratch(Path("/nonexistent")))
+    assert (full.p9_workers, full.p9_jobs, full.p9_seconds) == (4, 40, 3.0)
+    assert quick.p8_jobs < full.p8_jobs and quick.p9_jobs < full.p9_jobs
+    row = RowResult("P9", "t", measured={"slots=1": {"wall_s": 40.0, "utilization": 0.75,
+                                                    "exit_codes": [0]}},
+                    reference={"slots=1": {"ideal_s": 30.0}})
+    assert "utilization 0.75" in " ".join(report.highlights(row.to_json()))

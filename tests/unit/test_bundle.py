@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from reconciler.bundle import pack, unpack
-from reconciler.errors import BundleError
+from reconciler.protocol.errors import BundleError
+from reconciler.store.bundle import pack, unpack
 
 # ------------------------------------------------------------------ helpers
 

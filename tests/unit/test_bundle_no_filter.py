@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from reconciler import bundle
-from reconciler.errors import BundleError
+from reconciler.protocol.errors import BundleError
+from reconciler.store import bundle
 
 
 @pytest.fixture(params=[True, False], ids=["data-filter", "by-hand"])

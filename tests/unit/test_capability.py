@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.errors import LedgerError
-from reconciler.schema import Capability, CudaDevice
+from reconciler.protocol.errors import LedgerError
+from reconciler.protocol.schema import Capability, CudaDevice
 from worker import capability as capmod
 from worker.capability import (
     CapabilityError,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import StoreError
-from reconciler.schema import Checkpoint
-from reconciler.store import LocalStore
+from reconciler.protocol.errors import StoreError
+from reconciler.protocol.schema import Checkpoint
+from reconciler.store.backends import LocalStore
 from worker.checkpoint import CheckpointDir
 
 

@@ -13,12 +13,12 @@ import sys
 
 import pytest
 
-from reconciler import cliutil
-from reconciler.cli import COMMANDS, build_parser
-from reconciler.completion import bash_script, zsh_script
-from reconciler.examples import EXAMPLES
-from reconciler.health import judge
-from reconciler.selectors import row_matches, status_list
+from reconciler.cli import util as cliutil
+from reconciler.cli.completion import bash_script, zsh_script
+from reconciler.cli.examples import EXAMPLES
+from reconciler.cli.health import judge
+from reconciler.cli.main import COMMANDS, build_parser
+from reconciler.cli.selectors import row_matches, status_list
 from worker.cli import build_parser as worker_parser
 
 
@@ -85,9 +85,9 @@ def test_every_subcommand_has_examples_and_exit_codes_in_its_help() -> None:
 
 
 def test_version_needs_no_subcommand_module() -> None:
-    code = ("import sys; from reconciler.cli import main\n"
+    code = ("import sys; from reconciler.cli.main import main\n"
             "try:\n    main(['--version'])\nexcept SystemExit as e:\n    rc = e.code\n"
-            "heavy = [m for m in ('pydantic', 'reconciler.ledger', 'reconciler.status') "
+            "heavy = [m for m in ('pydantic', 'reconciler.git.ledger', 'reconciler.cli.status') "
             "if m in sys.modules]\nprint(rc, heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
@@ -118,7 +118,7 @@ def test_text_logs_drop_their_timestamp_under_journald(tmp_path) -> None:
     """One timestamp under journald: systemd passes the stream's dev:inode."""
     code = ("import os, sys, logging\n"
             "st = os.fstat(2); os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
-            "from reconciler.cliutil import setup_logging\n"
+            "from reconciler.cli.util import setup_logging\n"
             "setup_logging(False, sys.argv[1]); logging.getLogger('t').info('event=x a=1')\n"
             "del os.environ['JOURNAL_STREAM']\n"
             "setup_logging(False, sys.argv[1]); logging.getLogger('t').info('event=y a=2')\n")

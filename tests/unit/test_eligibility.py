@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledgerkit import manifest_text
-from reconciler.eligibility import (
+from reconciler.protocol.eligibility import (
     CANCELLED,
     NO_CUDA,
     NO_STATE,
@@ -25,9 +25,9 @@ from reconciler.eligibility import (
     pick,
     reasons,
 )
-from reconciler.identity import JobSpec
-from reconciler.manifest import load_manifest
-from reconciler.schema import Capability, CudaDevice, Host, JobState, Status
+from reconciler.protocol.identity import JobSpec
+from reconciler.protocol.manifest import load_manifest
+from reconciler.protocol.schema import Capability, CudaDevice, Host, JobState, Status
 
 JOB_ID = "0123456789abcdef"
 

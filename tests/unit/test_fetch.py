@@ -1,4 +1,4 @@
-"""fetch-artifact's pure parts: which job a JOB argument names (reconciler/jobref.py,
+"""fetch-artifact's pure parts: which job a JOB argument names (reconciler/cli/jobref.py,
 shared with show, cancel and requeue), and which DEST is fit."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import JobNotFound, LedgerError
-from reconciler.fetch import check_dest
-from reconciler.jobref import resolve_job
-from reconciler.schema import JobState, Status
+from reconciler.cli.fetch import check_dest
+from reconciler.cli.jobref import resolve_job
+from reconciler.protocol.errors import JobNotFound, LedgerError
+from reconciler.protocol.schema import JobState, Status
 
 
 def _states(*pairs: tuple[str, str]) -> dict[str, JobState]:

@@ -10,8 +10,8 @@ import re
 import pytest
 
 from ledgerkit import manifest_text
-from reconciler.identity import IDENTITY_FIELDS, job_id_of
-from reconciler.manifest import load_manifest
+from reconciler.protocol.identity import IDENTITY_FIELDS, job_id_of
+from reconciler.protocol.manifest import load_manifest
 
 BASE = {"name": "alpha", "model": "quick", "mode": "realistic", "seed": 7,
         "split_recipe": "80/20", "train_hosts": ["pi", "desktop"],

@@ -8,20 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reconciler import gitread, layout
+from reconciler.git import plumbing as gitread
+from reconciler.protocol import layout
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SOURCES = [*ROOT.glob("reconciler/*.py"), *ROOT.glob("worker/*.py")]
+SOURCES = [*ROOT.glob("reconciler/**/*.py"), *ROOT.glob("worker/*.py")]
 
 
 def test_the_hook_and_the_forced_command_import_no_pydantic() -> None:
-    code = ("import sys, reconciler.hook, reconciler.shell, reconciler.layout, "
-            "reconciler.gitread; print(sorted(m for m in sys.modules if m.split('.')[0] "
+    code = ("import sys, reconciler.hook, reconciler.shell, reconciler.protocol.layout, "
+            "reconciler.git.plumbing; print(sorted(m for m in sys.modules if m.split('.')[0] "
             "in ('pydantic', 'reconciler')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     assert "pydantic" not in out, out
-    assert "reconciler.state" not in out and "reconciler.schema" not in out, out
+    assert "reconciler.protocol.state" not in out and "reconciler.protocol.schema" not in out, out
 
 
 def test_layout_constants_are_defined_once() -> None:
@@ -35,7 +36,7 @@ def test_layout_constants_are_defined_once() -> None:
     }
     for name, pattern in patterns.items():
         homes = [p.name for p in SOURCES if pattern.search(p.read_text())]
-        assert len(homes) == 1 and homes[0] in ("layout.py", "gitread.py"), (name, homes)
+        assert len(homes) == 1 and homes[0] in ("layout.py", "plumbing.py"), (name, homes)
 
 
 def test_the_readers_parse_real_git_output(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from reconciler.lease import Lease
-from reconciler.schema import Fleet
+from reconciler.protocol.lease import Lease
+from reconciler.protocol.schema import Fleet
 
 
 def test_deadlines_derive_from_the_fleet() -> None:

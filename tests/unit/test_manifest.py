@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledgerkit import manifest_text
-from reconciler.errors import ManifestError
-from reconciler.manifest import MAX_KEY_PARTS, MAX_MANIFEST_BYTES, load_manifest
+from reconciler.protocol.errors import ManifestError
+from reconciler.protocol.manifest import MAX_KEY_PARTS, MAX_MANIFEST_BYTES, load_manifest
 
 FILE = "fleet/manifest.toml"
 GOOD = manifest_text([

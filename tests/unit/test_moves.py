@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler import transitions as t
-from reconciler.state import Artifact, JobState, Status
-from reconciler.transitions import Actor, Move, Role, check_transition
+from reconciler.protocol import transitions as t
+from reconciler.protocol.state import Artifact, JobState, Status
+from reconciler.protocol.transitions import Actor, Move, Role, check_transition
 
 JOB = "0123456789abcdef"
 W1 = Actor("w1", Role.WORKER)

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from reconciler.errors import IllegalTransition, StateError
-from reconciler.state import Checkpoint, JobState, Status
-from reconciler.transitions import (
+from reconciler.protocol.errors import IllegalTransition, StateError
+from reconciler.protocol.state import Checkpoint, JobState, Status
+from reconciler.protocol.transitions import (
     Actor,
     Role,
     check_transition,

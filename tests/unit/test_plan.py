@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from ledgerkit import manifest_text
-from reconciler.ledger import HeartbeatRecord
-from reconciler.manifest import LoadedManifest, load_manifest
-from reconciler.observe import live_workers, observe
-from reconciler.plan import Observations, View, next_due, orphans, plan
-from reconciler.schema import Heartbeat, HeldJob
-from reconciler.state import JobState, Status
-from reconciler.transitions import Actor, Role, check_transition
+from reconciler.daemon.observe import live_workers, observe
+from reconciler.daemon.plan import Observations, View, next_due, orphans, plan
+from reconciler.git.ledger import HeartbeatRecord
+from reconciler.protocol.manifest import LoadedManifest, load_manifest
+from reconciler.protocol.schema import Heartbeat, HeldJob
+from reconciler.protocol.state import JobState, Status
+from reconciler.protocol.transitions import Actor, Role, check_transition
 
 STALE, GRACE, MAX = 10.0, 5.0, 3
 RECONCILER = Actor("reconciler", Role.RECONCILER)

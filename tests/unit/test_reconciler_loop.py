@@ -1,4 +1,4 @@
-"""The reconciler loop (reconciler/daemon.py `run`) on fake time against the
+"""The reconciler loop (reconciler/daemon/loop.py `run`) on fake time against the
 in-memory ledger: a sweep exactly at stale_after_s and never a pass before,
 the prefer_cuda grace, the restore of an illegal commit, and a broken manifest
 that stops nothing. Time is exact here, so the timing claims live here (the
@@ -11,12 +11,12 @@ import threading
 import pytest
 
 from loopkit import FakeClock, memory_ledger
-from reconciler import trailers, transitions
-from reconciler.audit import trail_mismatches
-from reconciler.daemon import Reconciler, run
-from reconciler.ledger import Proposal
-from reconciler.memory import MemoryLedger, MemoryRechecker
-from reconciler.state import Status
+from reconciler.daemon.loop import Reconciler, run
+from reconciler.git.ledger import Proposal
+from reconciler.git.memory import MemoryLedger, MemoryRechecker
+from reconciler.protocol import trailers, transitions
+from reconciler.protocol.audit import trail_mismatches
+from reconciler.protocol.state import Status
 
 
 def drive(rec: Reconciler, clock: FakeClock, until: float) -> list[float]:
@@ -71,7 +71,7 @@ def test_a_heartbeat_listing_the_job_moves_the_sweep_deadline() -> None:
     claim(mem, "a")
     rec = Reconciler(mem.port("reconciler"), clock=clock, recheck=None)
     drive(rec, clock, until=clock() + 30)
-    from reconciler.schema import Heartbeat, HeldJob
+    from reconciler.protocol.schema import Heartbeat, HeldJob
 
     state = next(iter(mem.states().values()))
     mem.port("w1").push_heartbeat(Heartbeat(worker="w1", seq=1, sent_at=0.0, slots=1,
@@ -136,7 +136,7 @@ def test_a_broken_manifest_stops_nothing() -> None:
 
 @pytest.mark.parametrize("fleet", [{}, {"heartbeat_s": 30, "stale_after_s": 60}])
 def test_the_tick_comes_from_the_lease_policy(fleet: dict) -> None:
-    from reconciler.lease import Lease
+    from reconciler.protocol.lease import Lease
 
     clock = FakeClock()
     mem = memory_ledger(clock, [{"name": "a", "seed": 1}], **fleet)
@@ -150,7 +150,7 @@ def test_a_skewed_workers_beats_move_no_deadline(skew_s: float) -> None:
     """The reconciler judges on its own clock: a worker whose clock (its beats'
     sent_at and commit dates) is an hour off is swept exactly stale_after_s after
     its last beat was first seen, as an unskewed one is."""
-    from reconciler.schema import Heartbeat, HeldJob
+    from reconciler.protocol.schema import Heartbeat, HeldJob
 
     clock = FakeClock()
     mem = memory_ledger(clock, [{"name": "a", "seed": 1}], heartbeat_s=7, stale_after_s=60)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import manifest_text
-from reconciler.manifest import load_manifest
+from reconciler.protocol.manifest import load_manifest
 from worker.runner import parse_progress, trainer_argv, trainer_env, visible_device
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import manifest_text
-from reconciler.errors import IllegalTransition, ManifestError, StateError
-from reconciler.logs import new_lines
-from reconciler.manifest import load_manifest
-from reconciler.results import sort_rows
-from reconciler.schema import Capability
-from reconciler.state import JobState, Status
-from reconciler.transitions import Actor, Role, check_transition
+from reconciler.cli.logs import new_lines
+from reconciler.cli.results import sort_rows
+from reconciler.protocol.errors import IllegalTransition, ManifestError, StateError
+from reconciler.protocol.manifest import load_manifest
+from reconciler.protocol.schema import Capability
+from reconciler.protocol.state import JobState, Status
+from reconciler.protocol.transitions import Actor, Role, check_transition
 from worker.metrics import capped_log, read_metrics
 from worker.resources import Reservation, Resources, judged, place
 from worker.runner import meaningful_line, parse_progress, passed_env, trainer_env
@@ -196,7 +196,7 @@ def test_two_16_gib_jobs_do_not_both_fit_one_24_gib_device() -> None:
     assert device == 0 and after.cuda_devices[0].vram_free_gib == 8.0
     second, _ = place(big, after)
     assert second is None  # no device fits: eligibility says why
-    from reconciler.eligibility import capability_reasons
+    from reconciler.protocol.eligibility import capability_reasons
     assert capability_reasons(big, after, cpu_ok=False) == [
         "needs 16.0 GiB free VRAM, best device has 8.0"]
 
@@ -236,7 +236,7 @@ def test_results_sort_by_metric_then_hyper_missing_last() -> None:
 
 
 def test_a_fresh_vram_figure_is_matched_to_its_device() -> None:
-    from reconciler.schema import CudaDevice
+    from reconciler.protocol.schema import CudaDevice
     from worker.capability import _fresh_figure
 
     a = CudaDevice(index=0, name="A100", vram_total_gib=80.0, vram_free_gib=80.0)

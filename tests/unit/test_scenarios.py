@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import manifest_text
-from reconciler.manifest import load_manifest
-from reconciler.plan import Action, Observations, View, plan
-from reconciler.state import JobState
-from reconciler.transitions import Actor, Role, check_transition
+from reconciler.daemon.plan import Action, Observations, View, plan
+from reconciler.protocol.manifest import load_manifest
+from reconciler.protocol.state import JobState
+from reconciler.protocol.transitions import Actor, Role, check_transition
 
 ROOT = Path(__file__).resolve().parent.parent / "scenarios"
 SCENARIOS = sorted(p for p in ROOT.iterdir() if (p / "ledger.json").is_file())

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import make_ledger
-from reconciler.schema import SCHEMAS, schema_text
-from reconciler.state import STATE_SCHEMA, JobState, Status, parse_state, state_path
+from reconciler.protocol.schema import SCHEMAS, schema_text
+from reconciler.protocol.state import STATE_SCHEMA, JobState, Status, parse_state, state_path
 
 ART = {"sha256": "ab" * 32, "size": 123}
 
@@ -20,7 +20,7 @@ ART = {"sha256": "ab" * 32, "size": 123}
 def test_docs_schema_is_what_the_code_exports(repo_root: Path, name: str) -> None:
     doc = repo_root / "docs" / f"{name}.schema.json"
     assert doc.read_text() == schema_text(name), (
-        f"{doc} is stale: run `python -m reconciler.schema` and commit docs/")
+        f"{doc} is stale: run `python -m reconciler.protocol.schema` and commit docs/")
 
 
 def test_no_schema_in_docs_without_a_source(repo_root: Path) -> None:

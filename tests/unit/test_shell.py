@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from reconciler import schema, shell
+from reconciler import shell
+from reconciler.protocol import schema
 from reconciler.shell import Command, Refusal, exec_env, parse_args, parse_command
 
 LEDGER = "/srv/trainledger/ledger.git"

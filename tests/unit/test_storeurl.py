@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.errors import StoreError
-from reconciler.sshconn import is_ssh
-from reconciler.storeurl import from_manifest, normalize, resolve
+from reconciler.git.sshconn import is_ssh
+from reconciler.protocol.errors import StoreError
+from reconciler.protocol.storeurl import from_manifest, normalize, resolve
 
 PI = "ssh://trainledger@pi/srv/trainledger/ledger.git"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import manifest_text
-from reconciler.errors import ManifestError
-from reconciler.manifest import load_manifest
+from reconciler.protocol.errors import ManifestError
+from reconciler.protocol.manifest import load_manifest
 
 FILE = "fleet/manifest.toml"
 SWEEP = """
@@ -116,7 +116,7 @@ def test_after_a_sweep_waits_for_every_point_and_its_id_includes_theirs() -> Non
 
 
 def test_a_job_without_after_keeps_its_id() -> None:
-    from reconciler.identity import job_id_of
+    from reconciler.protocol.identity import job_id_of
 
     spec = next(iter(load(manifest_text([{"name": "a", "seed": 1}])).specs.values()))
     assert spec.job_id == job_id_of({"model": "quick", "mode": None, "hyper": {},

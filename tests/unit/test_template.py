@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.access import load_access
-from reconciler.identity import JobSpec
-from reconciler.manifest import LoadedManifest, load_manifest
-from reconciler.schema import Fleet, Host, Job, Manifest, Trainer
+from reconciler.protocol.access import load_access
+from reconciler.protocol.identity import JobSpec
+from reconciler.protocol.manifest import LoadedManifest, load_manifest
+from reconciler.protocol.schema import Fleet, Host, Job, Manifest, Trainer
 from worker.examples import TRAINERS, build_parser
 from worker.examples.common import hyper_keys, parse_hyper
 
@@ -145,7 +145,7 @@ def test_fleet_table_survives_init_rewrites() -> None:
 
 
 def test_init_overrides_keep_every_job(tmp_path: Path) -> None:
-    init = pytest.importorskip("reconciler.init")
+    init = pytest.importorskip("reconciler.rules.init")
     text = (TEMPLATE / "manifest.toml").read_text()
     fleet = {"heartbeat_s": 0.5, "stale_after_s": 3, "prefer_cuda_grace_s": 1}
     out = load_manifest(init._with_fleet(text, (tmp_path / "store").as_posix(), fleet).encode())

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import trailers
-from reconciler.gitrepo import EMPTY_TREE, GitRepo, Signature
-from reconciler.trailers import Change
+from reconciler.git.repo import EMPTY_TREE, GitRepo, Signature
+from reconciler.protocol import trailers
+from reconciler.protocol.trailers import Change
 
 A = Change("aaaaaaaaaaaaaaaa", "gbt-small", 2, "pending->claimed", "claim")
 B = Change("bbbbbbbbbbbbbbbb", "mlp-big", 1, "running->pending", "sweep")

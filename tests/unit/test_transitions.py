@@ -10,9 +10,9 @@ import itertools
 
 import pytest
 
-from reconciler.errors import IllegalTransition
-from reconciler.state import HELD, JobState, Status
-from reconciler.transitions import TABLE, Actor, Role, check_transition
+from reconciler.protocol.errors import IllegalTransition
+from reconciler.protocol.state import HELD, JobState, Status
+from reconciler.protocol.transitions import TABLE, Actor, Role, check_transition
 
 P, C, R = Status.PENDING, Status.CLAIMED, Status.RUNNING
 DONE, FAIL, CANC = Status.COMPLETED, Status.FAILED, Status.CANCELLED

@@ -10,11 +10,11 @@ import random
 from pathlib import Path
 
 from loopkit import FakeClock, FakeRun, fake_worker, memory_ledger
-from reconciler import transitions
-from reconciler.audit import trail_mismatches
-from reconciler.lease import Lease
-from reconciler.ledger import Proposal
-from reconciler.state import Status
+from reconciler.git.ledger import Proposal
+from reconciler.protocol import transitions
+from reconciler.protocol.audit import trail_mismatches
+from reconciler.protocol.lease import Lease
+from reconciler.protocol.state import Status
 
 JOBS = [{"name": "a", "seed": 1}, {"name": "b", "seed": 2}]
 
@@ -146,7 +146,7 @@ def test_a_store_that_fails_spends_the_budget_and_fails_the_job(tmp_path: Path) 
 
 
 def _broken_store(tmp: Path):
-    from reconciler.store import LocalStore
+    from reconciler.store.backends import LocalStore
 
     path = tmp / "store-is-a-file"
     path.write_text("not a directory\n")
@@ -170,7 +170,7 @@ def test_the_hook_refuses_what_the_table_refuses(tmp_path: Path) -> None:
     """The in-memory ledger judges writes as the pre-receive hook does."""
     import pytest
 
-    from reconciler.errors import PushRejected
+    from reconciler.protocol.errors import PushRejected
 
     clock = FakeClock()
     mem = memory_ledger(clock, JOBS[:1])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.writeback import WritebackFile
+from reconciler.store.writeback import WritebackFile
 
 
 def write_all(path: Path, chunks: list[bytes], window: int) -> WritebackFile:

@@ -1,0 +1,1 @@
+"""`reconciler ...` and its read models; nothing below this package imports it."""

@@ -1,0 +1,1 @@
+"""The reconciler daemon: plan (pure), observe, apply, and the loop."""

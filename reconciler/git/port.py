@@ -1,0 +1,55 @@
+"""The ledger port: what the worker and reconciler loops call on a ledger.
+
+`reconciler.git.ledger.Ledger` implements it over git; `reconciler.git.memory`
+implements it in memory for loop tests with fake time. The loops are typed
+against this protocol, never against either implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from reconciler.git.ledger import HeartbeatRecord, Proposal, Snapshot, WriteOutcome
+    from reconciler.protocol.schema import Heartbeat
+
+
+class LedgerPort(Protocol):
+    identity: str
+    url: str
+    push_timeout_s: float
+    clock: Callable[[], float]  # the writer's wall clock (commit and beat times)
+
+    def fetch(self, *, heartbeats: bool = False, timeout: float | None = None) -> str | None:
+        """Read main (and every heartbeat) from the ledger; the tip, None if no main."""
+        ...
+
+    def snapshot(self, revision: str | None = None) -> Snapshot:
+        ...
+
+    def write(self, build: Callable[[Snapshot], Proposal | None], *, max_tries: int = 50,
+              deadline_s: float = 120.0,
+              sleep: Callable[[float], None] = ...) -> WriteOutcome:
+        """Compare-and-swap: build on the tip read, push; rebuild after a lost race."""
+        ...
+
+    def push_heartbeat(self, beat: Heartbeat) -> str:
+        ...
+
+    def heartbeats(self) -> dict[str, HeartbeatRecord]:
+        ...
+
+    def last_commit_touching(self, path: str, rev: str) -> str | None:
+        ...
+
+    def manifest_history(self, rev: str, limit: int = 50) -> Iterator[tuple[str, bytes]]:
+        """(commit, manifest.toml bytes) of the commits that changed it, newest first."""
+        ...
+
+    def gc(self) -> None:
+        """Housekeeping of the local cache (loose objects of amended beats)."""
+        ...
+
+    def close(self) -> None:
+        ...
