@@ -9,7 +9,6 @@ can never record anything.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import shutil
@@ -20,33 +19,31 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.git.cacherepair import cache_damage, reclone
-from reconciler.git.ledger import Proposal, Snapshot, compute_backoff
+from reconciler.git.ledger import Proposal, Snapshot
 from reconciler.git.port import LedgerPort
 from reconciler.git.sshconn import ROTATE_S, ssh_env
 from reconciler.protocol import transitions
 from reconciler.protocol.eligibility import EligibleJobs, reasons
-from reconciler.protocol.errors import BundleError, LedgerError, LostRace, StoreError
+from reconciler.protocol.errors import LedgerError
 from reconciler.protocol.identity import JobSpec
 from reconciler.protocol.lease import Lease
 from reconciler.protocol.manifest import LoadedManifest
-from reconciler.protocol.schema import HELD, Artifact, Capability, Checkpoint, JobState, Status
+from reconciler.protocol.schema import Artifact, Capability, Checkpoint, JobState, Status
 from reconciler.protocol.upstream import inputs_of
 from reconciler.sdnotify import notify
-from reconciler.store.backends import Store, pack_into
+from reconciler.store.backends import Store
 from worker import reaper
-from worker.beat import Beater, Held, hook_refusal
+from worker.beat import Beater, Held
 from worker.checkpoint import CheckpointDir
+from worker.events import event, log
 from worker.fairness import TurnTaking, rival_could_take, waiting_rivals
-from worker.metrics import read_metrics, store_log
 from worker.pipeline import PipelineSteps
 from worker.resources import Reservation, Resources, place, reservation
-from worker.runner import Outcome, TrainerRun
+from worker.results import MAX_ERROR, ResultSteps
+from worker.runner import TrainerRun
 from worker.tipmanifest import last_valid_manifest
+from worker.writes import FencedWrites
 
-log = logging.getLogger("trainledger.worker")
-MAX_ERROR = 8000
-MakeStep = Callable[[JobState], transitions.Step]  # a fenced write: the move, given the state
 BEAT_TAIL_TOTAL = 24 * 1024  # log lines carried by one heartbeat, all jobs together
 
 
@@ -62,12 +59,7 @@ class WorkerConfig:
     pass_env: tuple[str, ...] = ()  # --pass-env globs
 
 
-def event(kind: str, **fields: object) -> None:
-    """One log line per event, key=value, with the job name and attempt."""
-    log.info("event=%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
-
-
-class Worker(PipelineSteps):
+class Worker(ResultSteps, FencedWrites, PipelineSteps):
     """`ledger` and `beat_ledger` are LedgerPorts (the git Ledger, or
     reconciler/git/memory.py's); `clock`, `sleep` and `runner` (TrainerRun's shape)
     let a test drive `step()` on fake time with fake trainers."""
@@ -384,52 +376,6 @@ class Worker(PipelineSteps):
         self._eligible_at = (snap.revision, loaded, self.capability)
         return self._eligible_jobs
 
-    def _write(self, build: Callable[[Snapshot], Proposal | None], what: str):
-        self._refusal = None
-        try:
-            outcome = self.ledger.write(build, deadline_s=self._lease().write_deadline_s)
-        except LostRace as exc:
-            event(f"{what}-gave-up", worker=self.name, lost_races=exc.lost_races)
-            return None
-        except LedgerError as exc:
-            refusal = hook_refusal(exc)
-            if refusal is not None:  # a refusal is an answer, not an outage
-                self._refusal = refusal
-                if refusal not in self._refusals_logged:
-                    self._refusals_logged.add(refusal)
-                    log.warning("event=write-refused worker=%s during=%s reason=%r", self.name,
-                                what, refusal)
-                return None
-            if self._repair_cache(what, exc):
-                return self._write(build, what)
-            if self._unreachable_since is None:
-                self._unreachable_since = self.clock()
-                log.warning("event=ledger-unreachable worker=%s during=%s error=%s", self.name,
-                            what, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return None
-        if self._unreachable_since is not None:
-            event("ledger-reachable", worker=self.name,
-                  outage_s=f"{self.clock() - self._unreachable_since:.1f}")
-            self._unreachable_since = None
-        return outcome
-
-    def _repair_cache(self, what: str, exc: LedgerError) -> bool:
-        """A failed write while beats land (through their own cache) is not an
-        outage: check our cache and re-clone it when damaged. At most once a
-        heartbeat, so a real outage costs no fsck per retry."""
-        if self.beater.failing_since is not None or self.beater.ok_beats == 0 \
-                or self.clock() - self._last_fsck < self._heartbeat_s():
-            return False
-        self._last_fsck = self.clock()
-        damage = cache_damage(self.ledger)
-        if damage is None:
-            return False
-        log.warning("event=cache-broken worker=%s during=%s error=%r damage=%r action=re-clone",
-                    self.name, what, (str(exc).splitlines() or [""])[0][:300], damage)
-        reclone(self.ledger)
-        self._eligible_at = None
-        return True
-
     # -------------------------------------------------------------------- run
 
     def _judged(self) -> Capability:
@@ -540,184 +486,4 @@ class Worker(PipelineSteps):
         if cost > 0:
             self.sleep(self.rng.uniform(0, min(2 * cost, self._heartbeat_s())))
 
-    def _record(self, run: TrainerRun, outcome: Outcome) -> None:
-        name, attempt = run.spec.name, run.attempt
-        if outcome.stopped:
-            event("stopped-run", job=name, attempt=attempt, reason=repr(outcome.reason))
-            self._forget(run)
-        elif outcome.ok:
-            self._finish_completed(run)
-        else:
-            event("trainer-failed", job=name, attempt=attempt, reason=repr(outcome.reason))
-            line = run.error_line()
-            self._finish_failed(run, f"trainer {outcome.reason}" + (f": {line}" if line else "")
-                                + f"\nlog tail:\n{run.log_tail()}", trainer=True)
 
-    def _store_log(self, run: TrainerRun):
-        """The attempt's whole log in the store; None (and an event) if it cannot
-        go there: a lost log never costs the job its result."""
-        try:
-            return store_log(self.store(), run.log_path, run.dir, run.attempt)
-        except (StoreError, BundleError, OSError, LedgerError) as exc:
-            event("log-store-failed", job=run.spec.name, attempt=run.attempt,
-                  error=repr(str(exc)))
-            return None
-
-    def _finish_completed(self, run: TrainerRun) -> None:
-        try:
-            artifact = self._put_with_retries(run)
-        except BundleError as exc:  # the trainer's own outputs are unsafe: its failure
-            event("bundle-refused", job=run.spec.name, attempt=run.attempt, error=repr(str(exc)))
-            self._finish_failed(run, f"outputs cannot be bundled: {exc}", trainer=True)
-            return
-        except StoreError as exc:
-            self._store_failed(run, exc)
-            return
-        metrics, metrics_error = read_metrics(run.output_dir)
-        if metrics_error:
-            event("metrics-ignored", job=run.spec.name, attempt=run.attempt,
-                  reason=repr(metrics_error))
-        log_ref = self._store_log(run)
-        written = self._fenced({run.spec.job_id: (
-            run.attempt, Status.RUNNING,
-            lambda s: transitions.complete(s, artifact, metrics=metrics,
-                                           metrics_error=metrics_error, log=log_ref))})
-        if run.spec.job_id in written:
-            event("complete", job=run.spec.name, attempt=run.attempt, sha256=artifact.sha256,
-                  size=artifact.size)
-        else:
-            event("result-discarded", job=run.spec.name, attempt=run.attempt,
-                  reason="the job is no longer ours; the bundle stays in the store")
-        self._forget(run)
-
-    def _put_with_retries(self, run: TrainerRun, tries: int = 3) -> Artifact:
-        for attempt in range(tries):
-            try:
-                return pack_into(self.store(), run.output_dir, run.dir)
-            except StoreError as exc:
-                event("store-failed", job=run.spec.name, attempt=run.attempt, error=repr(str(exc)))
-                if attempt == tries - 1:
-                    raise
-                self.sleep(compute_backoff(attempt + 2, rng=self.rng))
-        raise AssertionError("unreachable")
-
-    def _store_failed(self, run: TrainerRun, exc: StoreError) -> None:
-        """The outputs could not be stored: give the job back spending one claim,
-        failed once the budget is spent (the sweep's rule), so a full store
-        cannot loop forever."""
-        self._give_back(run.spec.job_id, run.attempt, Status.RUNNING,
-                        f"store failed on {self.name}: {exc}")
-        self._forget(run)
-
-    def _give_back(self, job_id: str, attempt: int, status: Status | None, why: str) -> None:
-        """Not the trainer's failure, but one that must not loop forever: one claim
-        of max_attempts spent (pending again, or failed once they are spent)."""
-        max_attempts = self._lease().max_attempts
-        error = why[:MAX_ERROR]
-        self._fenced({job_id: (
-            attempt, status, lambda s: transitions.give_back(s, error, max_attempts))})
-
-    def _finish_failed(self, run: TrainerRun, error: str, trainer: bool = False) -> None:
-        """A trainer failure (exit != 0, timeout, signal, unbundlable outputs) with
-        retries left sends the job back to pending; otherwise it fails."""
-        log_ref = self._store_log(run) if run.log_path.exists() else None
-        if len(error) > MAX_ERROR:  # keep the first line (the error) and the tail
-            head, _, rest = error.partition("\n")
-            head = head[:MAX_ERROR // 4]
-            error = head + "\n" + rest[-(MAX_ERROR - len(head) - 1):]
-        moved: dict[str, str] = {}
-
-        def make(s: JobState) -> transitions.Step:
-            if trainer and s.failures < run.spec.retries:
-                step = transitions.retry(s, error, log=log_ref)
-            elif trainer:
-                step = transitions.fail_trainer(s, error, log=log_ref)
-            else:
-                step = transitions.fail(s, error, log=log_ref)
-            moved["meaning"], moved["failures"] = step.move.value, str(step.new.failures)
-            return step
-
-        written = self._fenced({run.spec.job_id: (run.attempt, None, make)})
-        if run.spec.job_id in written:
-            event(moved["meaning"], job=run.spec.name, attempt=run.attempt,
-                  failures=f"{moved['failures']}/{run.spec.retries}")
-        self._forget(run)
-
-    def _release(self, jobs: dict[str, tuple[int, str]], count: bool,
-                 checkpoints: dict[str, Artifact] | None = None) -> None:
-        """Give jobs back; a graceful release records the checkpoint it just saved."""
-        saved = checkpoints or {}
-
-        self._fenced({
-            job_id: (attempt, None,
-                     lambda s, why=why: transitions.release(s, why, spend=count,
-                                                            checkpoint=saved.get(s.job_id)))
-            for job_id, (attempt, why) in jobs.items()})
-
-    def _forget(self, run: TrainerRun) -> None:
-        """The local checkpoint dir goes too: a next attempt, here or elsewhere,
-        starts from the one the ledger recorded."""
-        if self.runs.get(run.spec.job_id) is run:
-            del self.runs[run.spec.job_id]
-        ckpt = self.checkpoints.pop(run.spec.job_id, None)
-        if ckpt is not None:
-            ckpt.drop()
-        shutil.rmtree(run.dir, ignore_errors=True)
-
-    # ---------------------------------------------------------- fenced writes
-
-    def _fenced(self, updates: dict[str, tuple[int, Status | None, MakeStep]]) -> set[str]:
-        """Write the move `make(state)` for each job still held by us at that attempt (and,
-        if given, in that status); returns the jobs written. Retried (lost races,
-        outages) for as long as our lease lives: once the heartbeat has been
-        failing past the renew deadline, or the job was revoked, the reconciler
-        owns the job again and the write is dropped."""
-        written: set[str] = set()
-
-        def build(snap: Snapshot) -> Proposal | None:
-            written.clear()
-            steps = []
-            for job_id, (attempt, status, make) in updates.items():
-                cur = snap.states.get(job_id)
-                if (cur is None or cur.holder != self.name or cur.attempt != attempt
-                        or cur.status not in HELD or (status and cur.status is not status)):
-                    continue
-                steps.append(make(cur))
-                written.add(job_id)
-            return Proposal.of_steps(steps) if steps else None
-
-        tries, first_failure = 0, None
-        while True:
-            outcome = self._write(build, "record")
-            if outcome is not None:
-                return written if outcome.commit else set()
-            if first_failure is None:
-                first_failure = self.clock()
-            lease_lost = self._lease().lease_lost(self.clock() - self.beater.last_ok)
-            with self._lock:
-                revoked = any(j == job_id for j, _ in self._revoked for job_id in updates)
-            # Beats landing while writes fail past the renew deadline: the lease
-            # would outlive our ability to write, so give the job up instead.
-            stuck = (self.clock() - first_failure > self._lease().renew_deadline_s
-                     and self._unreachable_since is not None and not lease_lost)
-            why = (f"the ledger refused the write: {self._refusal}" if self._refusal
-                   else "writes failing for over 2/3 of stale_after_s while heartbeats "
-                   "land" if stuck else None)
-            if why is not None:
-                self._give_up(list(updates), why)
-                return set()
-            if lease_lost or revoked or self.stopping.is_set():
-                return set()
-            self.sleep(compute_backoff(tries + 3, rng=self.rng))
-            tries += 1
-
-    def _give_up(self, job_ids: list[str], why: str) -> None:
-        """Stop beating for these jobs (the reconciler sweeps them once silent) and
-        say exactly why, once per job."""
-        for job_id in job_ids:
-            run = self.runs.get(job_id)
-            name = run.spec.name if run else job_id
-            log.warning("event=gave-up job=%s attempt=%s worker=%s reason=%r", name,
-                        run.attempt if run else "?", self.name, why)
-            if run is not None:
-                self._on_revoked(job_id, run.attempt, f"gave up: {why}")

@@ -10,7 +10,6 @@ writes, clock) it uses.
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,17 +19,12 @@ from reconciler.protocol.errors import BundleError, StoreError
 from reconciler.protocol.identity import JobSpec
 from reconciler.protocol.schema import Artifact, Checkpoint, JobState, Status
 from worker.checkpoint import CheckpointDir
+from worker.events import event
 from worker.inputs import prepare_inputs
 
 if TYPE_CHECKING:
     from worker.runner import TrainerRun
 
-log = logging.getLogger("trainledger.worker")
-
-
-def event(kind: str, **fields: object) -> None:
-    """The same line as worker.daemon.event (imported from there would be circular)."""
-    log.info("event=%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
 class PipelineSteps:
