@@ -44,9 +44,9 @@ MUTATIONS = [
              "worker/runner.py", "            preexec_fn=_set_pdeathsig,\n",
              "            preexec_fn=None,\n"),
     Mutation("trainer_crash", "a dead trainer fails its job with the log's tail",
-             "worker/daemon.py",
-             '+ f"\\nlog tail:\\n{run.log_tail()}")',
-             ')'),
+             "worker/results.py",
+             '+ f"\\nlog tail:\\n{run.log_tail()}", trainer=True)',
+             ', trainer=True)'),
     Mutation("stale_worker_returns", "the hook's fence: a worker writes only as holder, at "
              "the ledger's attempt", "reconciler/protocol/transitions.py",
              "def _fenced(old: JobState, new: JobState, actor: Actor) -> str | None:\n",
@@ -117,11 +117,11 @@ MUTATIONS += [
              "hook refuses a role-less identity's beats, and a worker gives a job up when the "
              "hook refuses its write (either suffices, so both are removed)",
              "reconciler/hook.py", "    check_beat_role(ref, pusher, access)\n", "",
-             also=(("worker/daemon.py", "            if why is not None:\n"
+             also=(("worker/writes.py", "            if why is not None:\n"
                     "                self._give_up(", "            if False:\n"
                     "                self._give_up("),), test=REFUSALS),
     Mutation("corrupt_ledger_cache", "a failed write while beats land checks the cache and "
-             "re-clones it when damaged", "worker/daemon.py",
+             "re-clones it when damaged", "worker/writes.py",
              "            if self._repair_cache(what, exc):", "            if False:",
              test=REFUSALS),
     Mutation("beats_failing_stop_claims_and_spend_budget", "a self-fenced release spends "
