@@ -150,7 +150,7 @@ def plan_import(rows: list[SeedRow], specs: dict[str, Any], states: dict[str, An
 def import_seed(db: Path, artifacts: Path, ledger_url: str, store_url: str | None,
                 state_dir: Path, identity: str) -> ImportReport:
     from reconciler.git.ledger import Ledger, Proposal
-    from reconciler.protocol import trailers
+    from reconciler.protocol import transitions
     from reconciler.protocol.schema import Status
     from reconciler.protocol.state import Artifact
     from reconciler.protocol.storeurl import resolve
@@ -182,21 +182,18 @@ def import_seed(db: Path, artifacts: Path, ledger_url: str, store_url: str | Non
             verified[job_id] = (row, Artifact(sha256=art.sha256, size=art.size))
 
         def build(s):
-            states, changes = [], []
+            steps = []
             for job_id, (_row, art) in verified.items():
                 old = s.states.get(job_id)
                 if old is None or old.status is not Status.PENDING:
                     continue  # moved since we read it: run again to see why
-                new = old.model_copy(update={"status": Status.COMPLETED, "artifact": art,
-                                             "last_error": None})
-                states.append(new)
-                changes.append(trailers.Change(job_id, old.name, old.attempt,
-                                               "pending->completed", "import"))
-            if not states:
+                steps.append(transitions.import_result(old, art))
+            if not steps:
                 return None
-            return Proposal.of_states(states, changes, subject=f"import {len(states)} "
-                                      "completed jobs from the seed fleet",
-                                      body=f"from {db.name}, bundles re-hashed")
+            return Proposal.of_states(
+                [step.new for step in steps], [step.change for step in steps],
+                subject=f"import {len(steps)} completed jobs from the seed fleet",
+                body=f"from {db.name}, bundles re-hashed")
 
         outcome = ledger.write(build) if verified else None
         report.commit = outcome.commit if outcome else None

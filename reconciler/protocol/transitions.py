@@ -45,6 +45,7 @@ class Move(StrEnum):
     RENAME = "rename"
     RETRY = "retry"  # a trainer failure with retries left: back to pending
     CHECKPOINT = "checkpoint"  # the running attempt recorded its checkpoint
+    IMPORT = "import"  # reconciler import-seed: the seed fleet's verified result
 
 
 def budget_spent(lost: int, max_attempts: int) -> bool:
@@ -442,3 +443,10 @@ def record_checkpoint(state: JobState, sha256: str, size: int) -> Step:
     return Step(state, state.model_copy(update={
         "checkpoint": Checkpoint(sha256=sha256, size=size, attempt=state.attempt)}),
         Move.CHECKPOINT)
+
+
+def import_result(state: JobState, artifact: Artifact) -> Step:
+    """A pending job the seed fleet already trained: completed with its bundle,
+    verified into the store (`reconciler import-seed`), so it is never trained again."""
+    return Step(state, state.model_copy(update={
+        "status": Status.COMPLETED, "artifact": artifact, "last_error": None}), Move.IMPORT)

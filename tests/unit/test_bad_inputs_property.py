@@ -336,7 +336,11 @@ def fencing_oracle(old: JobState, new: JobState, actor: Actor, max_attempts: int
     if new.attempt != old.attempt:
         return f"{actor.role.value} changed the attempt"
     if new.status is Status.COMPLETED and old.status is not Status.COMPLETED:
-        return "only a worker completes"
+        imported = (actor.role is Role.OPERATOR and old.status is Status.PENDING
+                    and new.artifact is not None and new.lost == old.lost
+                    and new.holder is None)
+        if not imported:  # import-seed: the seed fleet's verified result
+            return "only a worker completes, or an operator imports a pending job"
     if actor.role is Role.RECONCILER and old.status in HELD and new.status is Status.FAILED \
             and new.lost < max_attempts:
         return "swept to failed with budget left"

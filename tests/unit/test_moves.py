@@ -53,6 +53,7 @@ CASES = [
     ("fail trainer", lambda: t.fail_trainer(running(), "exit 4"), W1, "running->failed"),
     ("checkpoint", lambda: t.record_checkpoint(running(), "c" * 64, 7), W1,
      "running->running"),
+    ("import", lambda: t.import_result(pending(), ART), OP, "pending->completed"),
     ("release with checkpoint", lambda: t.release(running(), "stopping", checkpoint=ART), W1,
      "running->pending"),
 ]
