@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -89,3 +90,15 @@ def make_ledger(root: Path, jobs: int | list[dict] = 3, fleet: dict | None = Non
     if not hooks:
         (path / "hooks" / "pre-receive").unlink()
     return LedgerDir(str(path), path, root / "store", root)
+
+
+def operator_push(led: LedgerDir, clone: Path, path: str, text: str, message: str) -> None:
+    """An operator's edit of one top-level file, committed in a clone and pushed as
+    `operator`, as a person would do it by hand."""
+    if not clone.exists():
+        subprocess.run(["git", "clone", "-q", led.url, str(clone)], check=True)
+    (clone / path).write_text(text)
+    subprocess.run(["git", "-C", str(clone), "commit", "-qam", message], check=True)
+    subprocess.run(["git", "-C", str(clone), "pull", "-q", "--rebase"], check=True)
+    subprocess.run(["git", "-C", str(clone), "push", "-q", "origin", "HEAD:main"], check=True,
+                   env={**os.environ, "TRAINLEDGER_IDENTITY": "operator"})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledgerkit import LedgerDir, make_ledger, manifest_text
+from ledgerkit import LedgerDir, make_ledger, manifest_text, operator_push
 from reconciler.cli.main import main
 from workerkit import Fleet, wait_for
 
@@ -58,13 +58,7 @@ def start_reconciler(led: LedgerDir, *extra: str) -> subprocess.Popen:
 
 
 def operator_commit(led: LedgerDir, clone: Path, text: str) -> None:
-    if not clone.exists():
-        subprocess.run(["git", "clone", "-q", led.url, str(clone)], check=True)
-    (clone / "manifest.toml").write_text(text)
-    subprocess.run(["git", "-C", str(clone), "commit", "-qam", "edit manifest"], check=True)
-    subprocess.run(["git", "-C", str(clone), "pull", "-q", "--rebase"], check=True)
-    subprocess.run(["git", "-C", str(clone), "push", "-q", "origin", "HEAD:main"], check=True,
-                   env={**os.environ, "TRAINLEDGER_IDENTITY": "operator"})
+    operator_push(led, clone, "manifest.toml", text, "edit manifest")
 
 
 def metrics(path: Path) -> dict[str, list]:

@@ -7,7 +7,6 @@ not claim, and a job it had to drop spends budget."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_reconciler import start_reconciler, stop
 
-from ledgerkit import LedgerDir, make_ledger
+from ledgerkit import LedgerDir, make_ledger, operator_push
 from reconciler.protocol.schema import Status
 from workerkit import Fleet, WorkerProc, wait_for
 
@@ -42,13 +41,7 @@ def running_on(fleet: Fleet, worker: WorkerProc) -> None:
 
 
 def operator_access(led: LedgerDir, clone: Path, text: str) -> None:
-    if not clone.exists():
-        subprocess.run(["git", "clone", "-q", led.url, str(clone)], check=True)
-    (clone / "access.toml").write_text(text)
-    subprocess.run(["git", "-C", str(clone), "commit", "-qam", "access: roles"], check=True)
-    subprocess.run(["git", "-C", str(clone), "pull", "-q", "--rebase"], check=True)
-    subprocess.run(["git", "-C", str(clone), "push", "-q", "origin", "HEAD:main"], check=True,
-                   env={**os.environ, "TRAINLEDGER_IDENTITY": "operator"})
+    operator_push(led, clone, "access.toml", text, "access: roles")
 
 
 def stops_on_one_sigterm(w: WorkerProc) -> None:
