@@ -25,6 +25,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,33 +50,55 @@ TIMES = ("heartbeat_s", "stale_after_s", "prefer_cuda_grace_s")
 MAX_SCALE = 8.0
 
 
-def beat_cost(root: Path, sshd: SshServer | None) -> float:
+def beat_cost(root: Path, sshd: SshServer | None, beaters: int = 1) -> float:
     """Seconds one heartbeat costs here now (push, then fetch of main: what a
-    worker's beat does), the second worst of four, on a throwaway ledger over the
-    same transport the rows use."""
+    worker's beat does), the second worst of all samples, on a throwaway ledger
+    over the same transport the rows use. `beaters` beat at once, each as its own
+    host, because that is what a rig's workers do: on a machine with few cores
+    their pushes (ssh, the forced command, the pre-receive hook) queue behind
+    each other, and one beater alone would measure a fraction of the real cost."""
     led = make_ledger(root, jobs=1)
-    env = {}
-    url = led.url
-    if sshd is not None:
-        env = sshd.enroll("calibrate", led.path, led.store).env
-        url = sshd.url(led.path)
-    with mock.patch.dict(os.environ, env):
-        ledger = Ledger(url, root / "calibrate.git", "calibrate")
+    ledgers = []
     try:
-        ledger.fetch()  # opens the reused ssh connection, as a worker's first fetch does
-        costs = []
-        for seq in range(4):
-            t0 = time.monotonic()
-            ledger.push_heartbeat(Heartbeat(worker="calibrate", seq=seq, sent_at=time.time(),
-                                            slots=1, jobs=[]))
-            ledger.snapshot(ledger.fetch())
-            costs.append(time.monotonic() - t0)
+        for i in range(beaters):
+            env, url = {}, led.url
+            if sshd is not None:
+                env = sshd.enroll(f"calibrate{i}", led.path, led.store).env
+                url = sshd.url(led.path)
+            with mock.patch.dict(os.environ, env):
+                ledgers.append(Ledger(url, root / f"calibrate{i}.git", f"calibrate{i}"))
+        costs: list[float] = []
+        errors: list[BaseException] = []
+
+        def beat(ledger: Ledger) -> None:
+            try:
+                beats(ledger)
+            except BaseException as exc:  # re-raised on the calling thread
+                errors.append(exc)
+
+        def beats(ledger: Ledger) -> None:
+            ledger.fetch()  # opens the reused ssh connection, as a worker's first fetch does
+            for seq in range(4):
+                t0 = time.monotonic()
+                ledger.push_heartbeat(Heartbeat(worker=ledger.identity, seq=seq,
+                                                sent_at=time.time(), slots=1, jobs=[]))
+                ledger.snapshot(ledger.fetch())
+                costs.append(time.monotonic() - t0)
+
+        threads = [threading.Thread(target=beat, args=(ledger,)) for ledger in ledgers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise RuntimeError(f"a calibration beat failed: {errors[0]!r}") from errors[0]
         return sorted(costs)[-2]
     finally:
-        ledger.close()
+        for ledger in ledgers:
+            ledger.close()
 
 
-def time_scale(root: Path, sshd: SshServer | None) -> float:
+def time_scale(root: Path, sshd: SshServer | None, beaters: int = 1) -> float:
     """The factor on the fleet's times for a new rig. A worker self-fences after
     2/3 of stale_after_s without a successful beat, and a beat takes `heartbeat_s`
     plus what a push and a fetch cost; on an idle machine that is far below the
@@ -87,10 +110,14 @@ def time_scale(root: Path, sshd: SshServer | None) -> float:
     pinned = os.environ.get("TRAINLEDGER_FAULT_SCALE")
     if pinned:
         return float(pinned)
-    cost = beat_cost(root, sshd)
+    cost = beat_cost(root, sshd, beaters)
     window = 2 / 3 * FLEET["stale_after_s"] - 2 * FLEET["heartbeat_s"]  # per unit of scale
     needed = 2 * cost / window
-    return math.ceil(min(MAX_SCALE, max(1.0, load_factor(), needed)) * 2) / 2
+    load = load_factor()
+    scale = math.ceil(min(MAX_SCALE, max(1.0, load, needed)) * 2) / 2
+    print(f"time scale {scale}: a beat costs {cost:.2f}s with {beaters} beating at once "
+          f"(needs {needed:.1f}), load factor {load:.1f}")
+    return scale
 
 
 @dataclass(frozen=True)
@@ -109,10 +136,13 @@ SOAK = Profile("soak", jobs=20, seconds=(1.0, 3.0), fault_s=20.0)
 
 
 def quick_jobs(n: int, rng: random.Random, profile: Profile, prefix: str = "job",
-               **hyper: object) -> list[dict]:
+               scale: float = 1.0, **hyper: object) -> list[dict]:
+    """`scale` stretches the training times with the fleet's, for a row whose
+    nemesis must find jobs still running at intervals of stale_after_s."""
     lo, hi = profile.seconds
     return [{"name": f"{prefix}-{i:02d}", "seed": i,
-             "hyper": {"seconds": round(rng.uniform(lo, hi), 2), **hyper}} for i in range(n)]
+             "hyper": {"seconds": round(rng.uniform(lo, hi) * scale, 2), **hyper}}
+            for i in range(n)]
 
 
 # The server-side fault injector. It must start fast (every push runs it twice),
@@ -390,7 +420,8 @@ class FaultRun:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self.scale = time_scale(self.root / "calibration", self.sshd)  # type: ignore[arg-type]
+        self.scale = time_scale(self.root / "calibration", self.sshd,  # type: ignore[arg-type]
+                                beaters=self.profile.workers + 1)  # + the reconciler's fetches
 
     @property
     def stale(self) -> float:

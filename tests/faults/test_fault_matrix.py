@@ -182,7 +182,7 @@ def row_worker_crash_loop(f: FaultRun) -> None:
     # the dead worker's pipe would end it too: SIGPIPE)
     rig = f.rig([{"name": "anchor", "seed": 77, "priority": 10,
                   "hyper": {"seconds": 8, "steps": 2}},
-                 *quick_jobs(p.jobs, f.rng, p)])
+                 *quick_jobs(p.jobs, f.rng, p, scale=f.scale)])
     names = start_fleet(rig, p.workers)
     holder, pid = rig.worker_holding("anchor")
     rig.kill_worker(holder.name)
@@ -235,7 +235,9 @@ def row_trainer_crash(f: FaultRun) -> None:
 
 def row_stale_worker_returns(f: FaultRun) -> None:
     """SIGSTOP the holder (worker and trainer: a frozen host) for 2 x stale_after_s."""
-    rig = f.rig([{"name": "held", "seed": 7, "hyper": {"seconds": 7}}])
+    # still training on awake when sleepy wakes 2 x stale after the stop, and
+    # through the stale write after that
+    rig = f.rig([{"name": "held", "seed": 7, "hyper": {"seconds": round(2 * f.stale + 5, 1)}}])
     rig.start_reconciler()
     sleepy = rig.start_worker("sleepy")
     _, pid = rig.worker_holding("held")
