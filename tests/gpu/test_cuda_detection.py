@@ -10,7 +10,8 @@ import pytest
 
 from reconciler.protocol.eligibility import choose_device
 from reconciler.protocol.identity import JobSpec
-from worker.capability import detect_capability, nvidia_smi_devices, self_test, torch_devices
+from worker.capability import detect_capability, self_test
+from worker.cuda import nvidia_smi_devices, torch_devices
 
 pytestmark = pytest.mark.gpu
 

@@ -16,21 +16,21 @@ import pytest
 from reconciler.protocol.errors import LedgerError
 from reconciler.protocol.schema import Capability, CudaDevice
 from worker import capability as capmod
+from worker import cuda as cudamod
 from worker.capability import (
     CapabilityError,
-    CgroupLimits,
     capability_json,
-    cgroup_limits,
     detect_capability,
     load_capability,
+    self_test,
+)
+from worker.cgroup import CgroupLimits, cgroup_limits, parse_proc_cgroup, usable_cores
+from worker.cuda import (
     nvidia_smi_devices,
     parse_nvidia_smi,
-    parse_proc_cgroup,
     parse_torch_probe,
-    self_test,
     torch_devices,
     torch_may_see_cuda,
-    usable_cores,
     visible_devices,
 )
 
@@ -104,7 +104,7 @@ def test_nvidia_smi_devices_runs_the_query(tmp_path: Path,
     args = tmp_path / "args"
     exe = script(tmp_path, "nvidia-smi", f'echo "$@" > {args}\ncat <<EOF\n{SMI}EOF')
     assert [d.name for d in nvidia_smi_devices(exe)] == ["NVIDIA GeForce RTX 4090", "Tesla T4"]
-    assert args.read_text().split() == list(capmod.NVIDIA_SMI_ARGS)
+    assert args.read_text().split() == list(cudamod.NVIDIA_SMI_ARGS)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert nvidia_smi_devices(exe) == [dev(0, "Tesla T4", 15.0, 1.5)]
 
@@ -144,7 +144,7 @@ def test_torch_may_see_cuda(version: str, system: str, may: bool) -> None:
 
 def test_torch_devices_asks_a_child_process(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(capmod, "_version", lambda dist: "2.3.0+cu121")
+    monkeypatch.setattr(cudamod, "installed_version", lambda dist: "2.3.0+cu121")
     out = json.dumps([{"index": 0, "name": "L4", "total": 24 * GIB, "free": 12 * GIB}])
     fake = script(tmp_path, "python", f"echo '{out}'")
     assert torch_devices(fake) == [dev(0, "L4", 24.0, 12.0)]
@@ -156,9 +156,9 @@ def test_torch_devices_asks_a_child_process(tmp_path: Path,
 def test_torch_devices_without_torch_or_with_a_cpu_build(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     never = script(tmp_path, "python", "echo probe-ran >&2; exit 3")
-    monkeypatch.setattr(capmod, "_version", lambda dist: None)
+    monkeypatch.setattr(cudamod, "installed_version", lambda dist: None)
     assert torch_devices(never) is None
-    monkeypatch.setattr(capmod, "_version", lambda dist: "2.3.0+cpu")
+    monkeypatch.setattr(cudamod, "installed_version", lambda dist: "2.3.0+cpu")
     assert torch_devices(never) == []
 
 
@@ -174,7 +174,7 @@ class cuda:
 def test_the_probe_script_against_a_fake_torch(tmp_path: Path) -> None:
     """The real probe script runs (torch's API faked, so no seconds-long import)."""
     (tmp_path / "torch.py").write_text(FAKE_TORCH)
-    proc = subprocess.run([sys.executable, "-P", "-c", capmod.TORCH_PROBE],
+    proc = subprocess.run([sys.executable, "-P", "-c", cudamod.TORCH_PROBE],
                           capture_output=True, text=True, timeout=60, check=True,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert parse_torch_probe(proc.stdout) == [dev(0, "Fake 0", 8.0, 1.0),
@@ -183,12 +183,12 @@ def test_the_probe_script_against_a_fake_torch(tmp_path: Path) -> None:
 
 def test_cuda_devices_falls_back_to_nvidia_smi(monkeypatch: pytest.MonkeyPatch) -> None:
     smi = [dev(0, "from-smi")]
-    monkeypatch.setattr(capmod, "nvidia_smi_devices", lambda: smi)
+    monkeypatch.setattr(cudamod, "nvidia_smi_devices", lambda: smi)
     for torch_says in (None, []):
-        monkeypatch.setattr(capmod, "torch_devices", lambda said=torch_says: said)
-        assert capmod.cuda_devices() == smi
-    monkeypatch.setattr(capmod, "torch_devices", lambda: [dev(0, "from-torch")])
-    assert [d.name for d in capmod.cuda_devices()] == ["from-torch"]
+        monkeypatch.setattr(cudamod, "torch_devices", lambda said=torch_says: said)
+        assert cudamod.cuda_devices() == smi
+    monkeypatch.setattr(cudamod, "torch_devices", lambda: [dev(0, "from-torch")])
+    assert [d.name for d in cudamod.cuda_devices()] == ["from-torch"]
 
 
 # --------------------------------------------------------------------- cgroups
@@ -288,8 +288,8 @@ def test_detect_on_this_host_is_a_valid_capability() -> None:
 
 
 def _torch_sees_cuda() -> bool:
-    version = capmod._version("torch")
-    return bool(version) and torch_may_see_cuda(version, capmod.platform.system()) and bool(
+    version = cudamod.installed_version("torch")
+    return bool(version) and torch_may_see_cuda(version, cudamod.platform.system()) and bool(
         torch_devices())
 
 
