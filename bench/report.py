@@ -55,7 +55,7 @@ Each change is its own commit, small, with the figure that motivated it.
   claim listed the whole tree (`git ls-tree -r`) and walked it in Python. The
   ledger now keeps main's tree classified and moves it with `git diff-tree`,
   parsing only new blobs; its parse cache drops superseded versions.
-- **The worker re-judged every job on every poll** (`worker/daemon.py`): it asked
+- **The worker re-judged every job on every poll** (`worker/claims.py`): it asked
   `eligibility.reasons()` of all jobs in the manifest (~8 us each), so a poll of
   a 100,000-job ledger took 0.67 s and a claim there 4x as long as at 10,000.
   Verdicts were first memoised per job, which still walked every job on every

@@ -130,7 +130,7 @@ MUTATIONS += [
              '"released: lease lost")},\n                              count=False)',
              test=REFUSALS),
     Mutation("beats_failing_stop_claims_and_spend_budget", "no claim while beats fail",
-             "worker/daemon.py", "or self._claims_paused():", "or False:", test=REFUSALS),
+             "worker/claims.py", "or self._claims_paused():", "or False:", test=REFUSALS),
     Mutation("deleting_the_key_line_stops_writes_within_two_heartbeats", "the ssh master is "
              "renewed every period, so a deleted key stops authenticating",
              "reconciler/git/sshconn.py",
