@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.git.ledger import Proposal, Snapshot
 from reconciler.git.port import LedgerPort
+from reconciler.git.push import Proposal
+from reconciler.git.snapshot import Snapshot
 from reconciler.git.sshconn import ROTATE_S, ssh_env
 from reconciler.protocol import transitions
 from reconciler.protocol.eligibility import EligibleJobs, reasons

@@ -24,8 +24,8 @@ from reconciler.daemon.apply import apply
 from reconciler.daemon.observe import live_workers, observe
 from reconciler.daemon.plan import Action, Observations, View, next_due, orphans, plan
 from reconciler.daemon.refused import Refusals
-from reconciler.git.ledger import Snapshot
 from reconciler.git.port import LedgerPort
+from reconciler.git.snapshot import Snapshot
 from reconciler.git.sshconn import is_ssh
 from reconciler.protocol import transitions
 from reconciler.protocol.errors import LedgerError, ManifestError, PushRejected
