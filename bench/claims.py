@@ -21,7 +21,7 @@ from bench.stats import Target, paired_ratios, ratio_of_medians, summarize
 
 def _prepared_claim(ledger: Any) -> str:
     """A valid claim commit on the current tip, built without timing it."""
-    from reconciler.git.ledger import Proposal
+    from reconciler.git.push import Proposal
     from reconciler.protocol import trailers
     from reconciler.protocol.schema import Status
 

@@ -48,7 +48,8 @@ def housekeeping(repo: Path) -> str:
 
 def build_lives(url: str, cache: Path, jobs: int) -> tuple[str, int]:
     """claim, start, complete for every job, one commit each, by rotating workers."""
-    from reconciler.git.ledger import Ledger, Proposal
+    from reconciler.git.ledger import Ledger
+    from reconciler.git.push import Proposal
     from reconciler.protocol import trailers
     from reconciler.protocol.schema import Artifact, Status
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from reconciler.git.ledger import Proposal, Snapshot
+from reconciler.git.push import Proposal
+from reconciler.git.snapshot import Snapshot
 from reconciler.protocol import transitions
 from reconciler.protocol.eligibility import EligibleJobs, reasons
 from reconciler.protocol.errors import LedgerError

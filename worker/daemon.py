@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.git.ledger import Snapshot
 from reconciler.git.port import LedgerPort
+from reconciler.git.snapshot import Snapshot
 from reconciler.git.sshconn import ROTATE_S, ssh_env
 from reconciler.protocol import transitions
 from reconciler.protocol.eligibility import EligibleJobs

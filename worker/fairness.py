@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler.git.ledger import HeartbeatRecord
+from reconciler.git.snapshot import HeartbeatRecord
 from reconciler.protocol.eligibility import reasons
 from reconciler.protocol.identity import JobSpec
 from reconciler.protocol.manifest import LoadedManifest

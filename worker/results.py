@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 
-from reconciler.git.ledger import compute_backoff
+from reconciler.git.push import compute_backoff
 from reconciler.protocol import transitions
 from reconciler.protocol.errors import BundleError, LedgerError, StoreError
 from reconciler.protocol.schema import Artifact, JobState, Status

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from reconciler.git.cacherepair import cache_damage, reclone
-from reconciler.git.ledger import Proposal, Snapshot, compute_backoff
+from reconciler.git.push import Proposal, compute_backoff
+from reconciler.git.snapshot import Snapshot
 from reconciler.protocol import transitions
 from reconciler.protocol.errors import LedgerError, LostRace
 from reconciler.protocol.schema import HELD, JobState, Status

@@ -28,7 +28,7 @@ from reconciler.protocol.state import Status
 
 if TYPE_CHECKING:
     from reconciler.daemon.loop import Reconciler
-    from reconciler.git.ledger import Snapshot
+    from reconciler.git.snapshot import Snapshot
 
 
 def _escape(value: str) -> str:

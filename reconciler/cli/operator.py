@@ -17,7 +17,8 @@ from typing import Any
 from reconciler.cli.jobref import resolve_job
 from reconciler.cli.main import add_ledger_arg
 from reconciler.cli.status import cached_ledger
-from reconciler.git.ledger import Proposal, Snapshot
+from reconciler.git.push import Proposal
+from reconciler.git.snapshot import Snapshot
 from reconciler.protocol import transitions
 from reconciler.protocol.errors import LedgerError
 from reconciler.protocol.state import TERMINAL, JobState

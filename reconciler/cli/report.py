@@ -28,7 +28,7 @@ from reconciler.cli.util import error_line
 
 if TYPE_CHECKING:
     from reconciler.daemon.loop import Reconciler
-    from reconciler.git.ledger import Snapshot
+    from reconciler.git.snapshot import Snapshot
 
 COLOURS = {"completed": "#2e9d4f", "failed": "#d64545", "running": "#3b7dd8",
            "claimed": "#9cc1f0", "released": "#9a9a9a", "swept": "#e69b2e",

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from reconciler.cli.main import add_ledger_arg
-from reconciler.git.ledger import Snapshot
+from reconciler.git.snapshot import Snapshot
 from reconciler.protocol.errors import LedgerError
 from reconciler.protocol.state import Status
 

@@ -149,7 +149,8 @@ def plan_import(rows: list[SeedRow], specs: dict[str, Any], states: dict[str, An
 
 def import_seed(db: Path, artifacts: Path, ledger_url: str, store_url: str | None,
                 state_dir: Path, identity: str) -> ImportReport:
-    from reconciler.git.ledger import Ledger, Proposal
+    from reconciler.git.ledger import Ledger
+    from reconciler.git.push import Proposal
     from reconciler.protocol import transitions
     from reconciler.protocol.schema import Status
     from reconciler.protocol.state import Artifact

@@ -21,7 +21,8 @@ from typing import Any
 
 from reconciler.cli.main import add_ledger_arg, state_dir_default
 from reconciler.cli.timeline import Timeline, read_timeline
-from reconciler.git.ledger import HeartbeatRecord, Ledger, Snapshot
+from reconciler.git.ledger import Ledger
+from reconciler.git.snapshot import HeartbeatRecord, Snapshot
 from reconciler.protocol.eligibility import fleet_reasons
 from reconciler.protocol.errors import LedgerError
 from reconciler.protocol.manifest import LoadedManifest

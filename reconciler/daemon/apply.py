@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reconciler.daemon.plan import Action
-from reconciler.git.ledger import Ledger, Proposal, Snapshot
+from reconciler.git.ledger import Ledger
+from reconciler.git.push import Proposal
+from reconciler.git.snapshot import Snapshot
 from reconciler.protocol import trailers
 from reconciler.protocol.transitions import Move
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from reconciler.daemon.plan import Observations
-from reconciler.git.ledger import HeartbeatRecord
+from reconciler.git.snapshot import HeartbeatRecord
 from reconciler.protocol.state import HELD, JobState, Status
 
 

@@ -4,7 +4,9 @@ Every actor keeps a local bare cache of the ledger. A write fetches `main`,
 builds a commit on that tip and pushes it: a compare-and-swap on the ref. A lost
 race is retried from the new tip with exponential backoff and full jitter; an
 ambiguous push (error, timeout) is resolved by fetching and checking whether
-our commit landed before anything is retried.
+our commit landed before anything is retried. The values read and written
+(snapshots, proposals, push results) live in reconciler/git/snapshot.py and
+reconciler/git/push.py.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ import pickle
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from reconciler.git.plumbing import DIFF_TREE_ARGS, parse_commit, parse_diff_tree
+from reconciler.git.plumbing import DIFF_TREE_ARGS, parse_diff_tree
+from reconciler.git.push import (
+    Proposal,
+    PushResult,
+    PushStatus,
+    WriteOutcome,
+    compute_backoff,
+    read_push,
+)
 from reconciler.git.repo import EMPTY_TREE, GitRepo, Signature
+from reconciler.git.snapshot import HeartbeatRecord, Snapshot, TreeIndex
 from reconciler.git.sshconn import is_ssh, ssh_env
 from reconciler.protocol import trailers
 from reconciler.protocol.access import Access, load_access
@@ -43,151 +50,11 @@ from reconciler.protocol.layout import (
     HEARTBEATS,
     MAIN,
     STATE_RE,
-    TOP_LEVEL_FILES,
 )
 from reconciler.protocol.manifest import LoadedManifest, load_manifest
 from reconciler.protocol.schema import Heartbeat, JobState, parse_state
-from reconciler.protocol.transitions import Step
 
 log = logging.getLogger("trainledger.ledger")
-
-
-
-def compute_backoff(
-    attempt: int, *, base: float = 0.05, cap: float = 2.0, rng: random.Random | None = None
-) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (AWS's analysis)."""
-    return (rng or random).uniform(0, min(cap, base * (2 ** min(attempt, 30))))
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything at one revision of main, parsed."""
-
-    revision: str
-    manifest: LoadedManifest | None
-    manifest_error: str | None
-    access: Access
-    states: dict[str, JobState]
-    state_errors: dict[str, str] = field(default_factory=dict)
-    stray_paths: tuple[str, ...] = ()
-    # the job ids whose state file differs from the snapshot at `base`, which this
-    # Ledger read last; base None when it listed the tree whole (no delta known)
-    base: str | None = None
-    changed: frozenset[str] = frozenset()
-
-    def state(self, job_id: str) -> JobState | None:
-        return self.states.get(job_id)
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """What a writer wants to commit on the tip it read."""
-
-    files: dict[str, bytes]
-    changes: list[trailers.Change]
-    subject: str | None = None
-    body: str = ""
-    kind: str | None = None  # the Ledger-Kind trailer (trailers.RESTORE), if not a transition
-
-    @classmethod
-    def of_states(
-        cls, states: list[JobState], changes: list[trailers.Change], subject: str | None = None,
-        body: str = "", kind: str | None = None,
-    ) -> Proposal:
-        return cls({s.path: s.to_json().encode() for s in states}, changes, subject, body, kind)
-
-    @classmethod
-    def of_steps(cls, steps: list[Step], body: str = "", kind: str | None = None) -> Proposal:
-        """The commit of these moves: each new state and its derived trailer group."""
-        return cls.of_states([s.new for s in steps], [s.change for s in steps], body=body,
-                             kind=kind)
-
-
-class PushStatus(Enum):
-    WON = "won"
-    LOST = "lost"
-    REJECTED = "rejected"
-    AMBIGUOUS = "ambiguous"
-
-
-@dataclass(frozen=True)
-class PushResult:
-    status: PushStatus
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class WriteOutcome:
-    commit: str | None  # None: the builder had nothing to write
-    snapshot: Snapshot  # the snapshot the (last) proposal was built on
-    lost_races: int = 0
-
-
-@dataclass(frozen=True)
-class HeartbeatRecord:
-    worker: str
-    sha: str
-    beat: Heartbeat | None
-    error: str | None
-    commit_time: float
-
-
-class _TreeIndex:
-    """The tree of main at `rev`, classified and kept up to date change by
-    change: state files by job id (parsed), the two operator files, strays."""
-
-    def __init__(self, rev: str) -> None:
-        self.rev = rev
-        self.paths: dict[str, tuple[str, str]] = {}  # path -> (mode, blob)
-        self.states: dict[str, JobState] = {}
-        self.errors: dict[str, str] = {}  # path -> why its state file is unreadable
-        self.stray: set[str] = set()
-        self.manifest: str | None = None
-        self.access: str | None = None
-        self.pending: list[str] = []  # state paths to (re)parse
-
-    def apply(self, path: str, mode: str, kind: str, sha: str) -> bool:
-        """Record one entry (mode "000000": deleted); True if it is a state blob
-        that must be parsed."""
-        if path in self.paths:
-            self._forget(path)
-        if mode == "000000":
-            return False
-        self.paths[path] = (mode, sha)
-        m = STATE_RE.match(path)
-        if mode != "100644" or kind != "blob":
-            self.stray.add(path)
-        elif m and m.group(1) == m.group(2)[:2]:
-            self.pending.append(path)
-            return True
-        elif path == "manifest.toml":
-            self.manifest = sha
-        elif path == "access.toml":
-            self.access = sha
-        elif path not in TOP_LEVEL_FILES:
-            self.stray.add(path)
-        return False
-
-    def _forget(self, path: str) -> None:
-        del self.paths[path]
-        self.stray.discard(path)
-        self.errors.pop(path, None)
-        m = STATE_RE.match(path)
-        if m and m.group(1) == m.group(2)[:2]:  # the one path a job's state may have
-            self.states.pop(m.group(2), None)
-            if path in self.pending:
-                self.pending.remove(path)
-        elif path == "manifest.toml":
-            self.manifest = None
-        elif path == "access.toml":
-            self.access = None
-
-
-_LOST_MARKERS = (
-    "non-fast-forward", "fetch first", "stale info", "cannot lock ref", "failed to update ref",
-    "failed to lock", "but expected", "incorrect old value",
-)
 
 
 class Ledger:
@@ -222,7 +89,7 @@ class Ledger:
             self.repo.git("config", "gc.auto", "256")
             self.repo.git("config", "gc.pruneExpire", "1.hour.ago")
         self._states: dict[str, JobState | str] = {}  # blob sha -> parsed state or error
-        self._index: _TreeIndex | None = None  # main's tree as of the last snapshot
+        self._index: TreeIndex | None = None  # main's tree as of the last snapshot
         self._manifest: tuple[str, LoadedManifest | None, str | None] | None = None
         self._access: tuple[str | None, Access] | None = None
         self._heartbeat_lease: str | None = None
@@ -291,7 +158,7 @@ class Ledger:
                         tuple(sorted(index.stray)), base if delta is not None else None,
                         delta or frozenset())
 
-    def _index_at(self, rev: str) -> tuple[_TreeIndex, list[str], frozenset[str] | None]:
+    def _index_at(self, rev: str) -> tuple[TreeIndex, list[str], frozenset[str] | None]:
         """The classified tree at `rev`, the blobs that are new to it, and the job
         ids whose state changed since the last revision read (None: listed whole)."""
         index = self._index
@@ -300,7 +167,7 @@ class Ledger:
         changes = self._tree_changes(index.rev, rev) if index is not None else None
         delta: frozenset[str] | None = None
         if index is None or changes is None:
-            index = _TreeIndex(rev)
+            index = TreeIndex(rev)
             changes = [(e.path, e.mode, e.type, e.sha) for e in self.repo.ls_tree(rev)]
         else:
             index.rev = rev
@@ -365,21 +232,8 @@ class Ledger:
             proc = self.repo.git(*args, check=False, timeout=self.push_timeout_s)
         except GitError as exc:
             return PushResult(PushStatus.AMBIGUOUS, str(exc))
-        out = proc.stdout.decode(errors="replace")
-        err = proc.stderr.decode(errors="replace")
-        status_lines = [ln for ln in out.splitlines() if ln[:1] in "!=*+- " and "\t" in ln]
-        if proc.returncode == 0 and status_lines and status_lines[0][0] != "!":
-            return PushResult(PushStatus.WON)
-        text = f"{out}\n{err}"
-        remote = " ".join(
-            ln.removeprefix("remote:").strip() for ln in err.splitlines()
-            if ln.startswith("remote:") and ln.removeprefix("remote:").strip()
-        )
-        if any(marker in text for marker in _LOST_MARKERS) and "hook declined" not in text:
-            return PushResult(PushStatus.LOST, text.strip())
-        if "hook declined" in text or ("[remote rejected]" in text) or "[rejected]" in text:
-            return PushResult(PushStatus.REJECTED, remote or text.strip())
-        return PushResult(PushStatus.AMBIGUOUS, text.strip())
+        return read_push(proc.returncode, proc.stdout.decode(errors="replace"),
+                         proc.stderr.decode(errors="replace"))
 
     def landed(self, sha: str) -> bool:
         tip = self.fetch()
@@ -468,7 +322,7 @@ class Ledger:
             key, url, index, states, manifest, access = pickle.loads(path.read_bytes())
         except Exception:  # a cache is never worth an error: parse afresh
             return None
-        if key != _parsed_key() or url != self.url or not isinstance(index, _TreeIndex):
+        if key != _parsed_key() or url != self.url or not isinstance(index, TreeIndex):
             return None
         self._index, self._states, self._manifest, self._access = index, states, manifest, access
         return index.rev
@@ -522,27 +376,17 @@ class Ledger:
         out = {}
         for ref, sha in refs.items():
             worker = ref.removeprefix(CACHED_HEARTBEATS)
-            found = objs.get(sha)
-            beat, error, when = None, None, 0.0
-            if found and found[0] == "commit":
-                commit = parse_commit(found[1])
-                when = commit.committer_time
-                try:
-                    payload = commit.message.split("\n\n", 1)[-1]
-                    beat = Heartbeat.model_validate_json(payload)
-                except (ValidationError, UnicodeDecodeError) as exc:
-                    error = f"unreadable heartbeat: {str(exc).splitlines()[0]}"
-            else:
-                error = "heartbeat ref is not a commit"
-            out[worker] = HeartbeatRecord(worker, sha, beat, error, when)
+            out[worker] = HeartbeatRecord.read(worker, sha, objs.get(sha))
         return out
 
 
 def _parsed_key() -> str:
-    """What a saved parse depends on: the code of the classes it pickles."""
+    """What a saved parse depends on: the code of the classes it pickles (and of
+    this module, which lays out the saved tuple)."""
+    from reconciler.git import snapshot
     from reconciler.protocol import access, identity, manifest, schema, state
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    for module in (state, schema, manifest, identity, access):
+    for module in (snapshot, state, schema, manifest, identity, access):
         digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()
 

@@ -20,7 +20,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from reconciler.git.ledger import HeartbeatRecord, Proposal, Snapshot, WriteOutcome
+from reconciler.git.push import Proposal, WriteOutcome
+from reconciler.git.snapshot import HeartbeatRecord, Snapshot
 from reconciler.protocol import trailers
 from reconciler.protocol.access import Access
 from reconciler.protocol.audit import Finding, is_restore, trail_mismatches

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from reconciler.git.ledger import HeartbeatRecord, Proposal, Snapshot, WriteOutcome
+    from reconciler.git.push import Proposal, WriteOutcome
+    from reconciler.git.snapshot import HeartbeatRecord, Snapshot
     from reconciler.protocol.schema import Heartbeat
 
 

@@ -172,7 +172,7 @@ MUTATIONS += [
              "object_pairs_hook=_no_duplicates", "object_pairs_hook=dict",
              test=HOOK2),
     Mutation("report_bounded_with_thousands_of_orphans", "the reconciler's report is counts "
-             "plus capped samples", "reconciler/daemon/loop.py",
+             "plus capped samples", "reconciler/daemon/report.py",
              "        return bounded_report(dict(self.__dict__))",
              "        return dict(self.__dict__)", test=BOUNDS),
     Mutation("beat_of_twelve_slots_printing_long_non_ascii_lines", "a beat is cut to its byte "

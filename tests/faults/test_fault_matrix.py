@@ -36,7 +36,8 @@ from faults.harness import (
     soak_minutes,
 )
 
-from reconciler.git.ledger import Ledger, Proposal
+from reconciler.git.ledger import Ledger
+from reconciler.git.push import Proposal
 from reconciler.protocol import trailers
 from reconciler.protocol.errors import PushRejected
 from reconciler.protocol.state import HELD, Artifact, Status

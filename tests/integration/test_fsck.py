@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ledgerkit import LedgerDir, make_ledger
 from reconciler.cli.fsck import fsck
-from reconciler.git.ledger import Ledger, Proposal
+from reconciler.git.ledger import Ledger
+from reconciler.git.push import Proposal
 from reconciler.protocol import trailers
 from reconciler.protocol.state import Status
 from reconciler.store.backends import LocalStore

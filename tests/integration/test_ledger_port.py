@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import LedgerDir, make_ledger
-from reconciler.git.ledger import Ledger, Proposal, PushResult, PushStatus, Snapshot
+from reconciler.git.ledger import Ledger
+from reconciler.git.push import Proposal, PushResult, PushStatus
 from reconciler.git.repo import CatFile, GitRepo
+from reconciler.git.snapshot import Snapshot
 from reconciler.protocol import trailers
 from reconciler.protocol.errors import GitError, PushAmbiguous, PushRejected
 from reconciler.protocol.schema import Heartbeat, HeldJob

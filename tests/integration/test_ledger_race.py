@@ -23,7 +23,8 @@ RACERS, JOBS = 16, 50
 def racer(url: str, root: str, name: str, barrier, results) -> None:
     """Claim one random pending job per write until none is left; report claims,
     lost races and every exception (there must be none)."""
-    from reconciler.git.ledger import Ledger, Proposal
+    from reconciler.git.ledger import Ledger
+    from reconciler.git.push import Proposal
     from reconciler.protocol import trailers
     from reconciler.protocol.state import Status
 

@@ -70,7 +70,8 @@ def status(led: LedgerDir) -> dict:
 def forge(led: LedgerDir, who: str, change, job: str | None = None) -> None:
     """Commit `change(old_state) -> new_state` for `job` (default: the first job)
     as `who`, through the ledger layer."""
-    from reconciler.git.ledger import Ledger, Proposal
+    from reconciler.git.ledger import Ledger
+    from reconciler.git.push import Proposal
     from reconciler.protocol import trailers
 
     ledger = Ledger(led.url, led.root / f"forge-{who}.git", who)

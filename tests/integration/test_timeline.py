@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ledgerkit import make_ledger
 from reconciler.cli.timeline import Timeline, read_timeline
-from reconciler.git.ledger import Ledger, Proposal
+from reconciler.git.ledger import Ledger
+from reconciler.git.push import Proposal
 from reconciler.protocol import trailers
 from reconciler.protocol.schema import Artifact
 from reconciler.protocol.state import Status

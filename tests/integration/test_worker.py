@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import make_ledger, manifest_text
-from reconciler.git.ledger import Ledger, Proposal
+from reconciler.git.ledger import Ledger
+from reconciler.git.push import Proposal
 from reconciler.protocol import trailers
 from reconciler.protocol.schema import TERMINAL, Status
 from workerkit import CPU_CAPABILITY, Fleet, pid_alive, wait_for

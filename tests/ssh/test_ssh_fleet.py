@@ -26,7 +26,8 @@ import zstandard
 
 from ledgerkit import LedgerDir, make_ledger
 from reconciler.cli import main as cli
-from reconciler.git.ledger import Ledger, Proposal, PushStatus
+from reconciler.git.ledger import Ledger
+from reconciler.git.push import Proposal, PushStatus
 from reconciler.protocol import trailers
 from reconciler.protocol.errors import PushRejected
 from reconciler.protocol.schema import Artifact, JobState, Status

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ledgerkit import make_ledger, manifest_text
-from reconciler.daemon.loop import Report
+from reconciler.daemon.report import Report
 from reconciler.git.ledger import Ledger
 from reconciler.protocol.access import load_access
 from reconciler.protocol.errors import AccessDenied

@@ -15,7 +15,7 @@ import pytest
 from ledgerkit import manifest_text
 from reconciler.daemon.observe import live_workers, observe
 from reconciler.daemon.plan import Observations, View, next_due, orphans, plan
-from reconciler.git.ledger import HeartbeatRecord
+from reconciler.git.snapshot import HeartbeatRecord
 from reconciler.protocol.manifest import LoadedManifest, load_manifest
 from reconciler.protocol.schema import Heartbeat, HeldJob
 from reconciler.protocol.state import JobState, Status

@@ -12,8 +12,8 @@ import pytest
 
 from loopkit import FakeClock, memory_ledger
 from reconciler.daemon.loop import Reconciler, run
-from reconciler.git.ledger import Proposal
 from reconciler.git.memory import MemoryLedger, MemoryRechecker
+from reconciler.git.push import Proposal
 from reconciler.protocol import trailers, transitions
 from reconciler.protocol.audit import trail_mismatches
 from reconciler.protocol.state import Status

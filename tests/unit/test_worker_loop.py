@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 from loopkit import FakeClock, FakeRun, fake_worker, memory_ledger
-from reconciler.git.ledger import Proposal
+from reconciler.git.push import Proposal
 from reconciler.protocol import transitions
 from reconciler.protocol.audit import trail_mismatches
 from reconciler.protocol.lease import Lease
