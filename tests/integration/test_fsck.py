@@ -14,7 +14,7 @@ from reconciler.cli.fsck import fsck
 from reconciler.git.ledger import Ledger, Proposal
 from reconciler.protocol import trailers
 from reconciler.protocol.state import Status
-from reconciler.store.backends import LocalStore
+from reconciler.store.local import LocalStore
 
 OLD = time.time() - 3600
 
