@@ -83,7 +83,8 @@ def raw_sha256(src: Path) -> float:
 
 def pack_child(src: Path, store_root: Path, tmp: Path) -> dict[str, Any]:
     """In the child: the product's pack_into into a LocalStore, timed, with peak RSS."""
-    from reconciler.store.backends import LocalStore, pack_into
+    from reconciler.store.backends import pack_into
+    from reconciler.store.local import LocalStore
 
     store = LocalStore(store_root)
     tmp.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ Each change is its own commit, small, with the figure that motivated it.
   tiers with O(1) add, remove and random draw) and re-judges only the jobs whose
   state file changed, which the snapshot reports from the `git diff-tree` it
   already runs (`Snapshot.base`/`changed`): a claim is O(changes), not O(jobs).
-- **Bundles go straight into a local store** (`reconciler/store/backends.py`): `pack_into`
+- **Bundles go straight into a local store** (`reconciler/store/{backends,local}.py`): `pack_into`
   bundled to a temp file and `put()` a copy, so every byte was written, read,
   hashed and fsynced twice. `LocalStore.pack` writes once, hashing as it streams,
   fsyncs and renames. 4 MiB zstd jobs (`reconciler/store/bundle.py`) keep the

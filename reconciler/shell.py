@@ -125,14 +125,14 @@ def run_store(command: Command, root: str) -> int:
     from pathlib import Path
 
     from reconciler.protocol.errors import LedgerError
-    from reconciler.store import backends as store
+    from reconciler.store.serve import serve_get, serve_has, serve_put
 
     try:
         if command.kind == "store-put":
-            return store.serve_put(Path(root), command.arg, sys.stdin.buffer)
+            return serve_put(Path(root), command.arg, sys.stdin.buffer)
         if command.kind == "store-get":
-            return store.serve_get(Path(root), command.arg, sys.stdout.buffer)
-        return store.serve_has(Path(root), command.arg)
+            return serve_get(Path(root), command.arg, sys.stdout.buffer)
+        return serve_has(Path(root), command.arg)
     except LedgerError as exc:
         print(f"trainledger-shell: {command.kind}: {exc}", file=sys.stderr)
         return 1

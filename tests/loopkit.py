@@ -10,7 +10,7 @@ from pathlib import Path
 from ledgerkit import manifest_text
 from reconciler.git.memory import MemoryLedger
 from reconciler.protocol.schema import Capability
-from reconciler.store.backends import LocalStore
+from reconciler.store.local import LocalStore
 from worker.daemon import Worker, WorkerConfig
 from worker.runner import Outcome
 from workerkit import CPU_CAPABILITY

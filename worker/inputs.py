@@ -1,7 +1,7 @@
 """Bundles a trainer starts from: the artifacts of its upstream jobs
 ($TRAINLEDGER_INPUTS) and its job's last checkpoint. Each is read from the
 store with its sha256 checked against the ledger while it streams, and only
-then unpacked by `bundle.unpack` (which refuses unsafe members), so a trainer
+then unpacked by `unpack.unpack` (which refuses unsafe members), so a trainer
 never sees bytes the ledger did not record."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 from reconciler.protocol.errors import BundleError, StoreError
 from reconciler.protocol.state import JobState
 from reconciler.store.backends import Store
-from reconciler.store.bundle import unpack
 from reconciler.store.download import download
+from reconciler.store.unpack import unpack
 
 
 def unpack_verified(store: Store, sha256: str, size: int, dest: Path, tmp: Path) -> int:

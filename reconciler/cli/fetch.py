@@ -2,7 +2,7 @@
 
 The bundle named by the ledger is read from the store (a path or ssh://), its
 sha256 is checked while it is read, and only then is it unpacked, by
-`bundle.unpack`, into DEST, which must not exist or be empty. Bundles are
+`unpack.unpack`, into DEST, which must not exist or be empty. Bundles are
 attacker data as far as this command knows (docs/failure-model.md, security rules 9-10), so a
 refused bundle leaves DEST as it was and nothing outside it.
 """
@@ -54,7 +54,7 @@ def fetch_artifact(ledger_url: str, job: str, dest: Path, store_url: str | None,
     """Unpack JOB's bundle into DEST; returns the job and the number of members."""
     from reconciler.git.ledger import Ledger
     from reconciler.store.backends import open_store
-    from reconciler.store.bundle import unpack
+    from reconciler.store.unpack import unpack
 
     existed = check_dest(dest)
     identity = os.environ.get("TRAINLEDGER_IDENTITY") or "operator"

@@ -39,7 +39,8 @@ from reconciler.protocol.errors import LedgerError
 from reconciler.protocol.state import HELD, TERMINAL, Status, parse_state
 from reconciler.rules.recheck import Rechecker
 from reconciler.rules.validate import OPERATOR_FILES, STATE_RE, ZERO, Context, Diff, context_at
-from reconciler.store.backends import LocalStore, open_store
+from reconciler.store.backends import open_store
+from reconciler.store.local import LocalStore
 
 TEMP_AGE_S = 3600.0  # a store temp file untouched this long is a dead put
 LOCK_AGE_S = 60.0

@@ -47,8 +47,8 @@ def find_log(ledger: Ledger, state: JobState, tip: str, attempt: int | None) -> 
 def read_log(store_url: str, ref: LogRef, state_dir: Path) -> bytes:
     """Download the log bundle (sha256 checked while it streams), unpack it safely."""
     from reconciler.store.backends import open_store
-    from reconciler.store.bundle import unpack
     from reconciler.store.download import download
+    from reconciler.store.unpack import unpack
 
     store = open_store(store_url, state_dir)
     with tempfile.TemporaryDirectory(prefix="logs-", dir=state_dir) as tmp:

@@ -19,7 +19,7 @@ from auditkit import assert_trailers_match
 from reconciler.protocol.manifest import load_manifest
 from reconciler.protocol.schema import Status
 from reconciler.rules.init import init_ledger
-from reconciler.store.bundle import unpack
+from reconciler.store.unpack import unpack
 from workerkit import Fleet, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow

@@ -94,12 +94,12 @@ MUTATIONS = [
              "reconciler/cli/fsck.py", "            lock.unlink(missing_ok=True)",
              "            pass"),
     Mutation("store_disk_full", "a failed store write removes its temp file",
-             "reconciler/store/backends.py",
+             "reconciler/store/local.py",
              "        except BaseException:\n            with contextlib.suppress(OSError):\n"
              "                os.unlink(name, dir_fd=dfd)\n            raise",
              "        except BaseException:\n            raise"),
     Mutation("same_bundle_twice", "each put stages under its own temp name, then renames",
-             "reconciler/store/backends.py",
+             "reconciler/store/local.py",
              'name = f".put-{os.getpid()}-{secrets.token_hex(6)}.tmp"',
              'name = ".put-shared.tmp"'),
     Mutation("operator_during_load", "a worker stops a job cancelled on main at its next "

@@ -566,7 +566,7 @@ def row_store_disk_full(f: FaultRun) -> None:
 PUT_SCRIPT = """
 import sys, time
 from pathlib import Path
-from reconciler.store.backends import LocalStore
+from reconciler.store.local import LocalStore
 go = Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)

@@ -15,7 +15,7 @@ from reconciler.git.ledger import Ledger
 from reconciler.git.push import Proposal
 from reconciler.protocol import trailers
 from reconciler.protocol.state import Status
-from reconciler.store.backends import LocalStore
+from reconciler.store.local import LocalStore
 
 OLD = time.time() - 3600
 

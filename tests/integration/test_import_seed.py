@@ -14,8 +14,8 @@ import pytest
 
 from ledgerkit import make_ledger
 from reconciler.cli.seed import seed_job_id
-from reconciler.store.backends import LocalStore
 from reconciler.store.bundle import pack
+from reconciler.store.local import LocalStore
 from workerkit import Fleet
 
 pytestmark = pytest.mark.slow

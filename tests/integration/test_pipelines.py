@@ -20,7 +20,7 @@ import pytest
 from auditkit import assert_trailers_match
 from ledgerkit import LedgerDir, make_ledger
 from reconciler.protocol.schema import Status
-from reconciler.store.bundle import unpack
+from reconciler.store.unpack import unpack
 from workerkit import CPU_CAPABILITY, Fleet, wait_for
 
 pytestmark = pytest.mark.slow

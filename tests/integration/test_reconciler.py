@@ -329,7 +329,7 @@ def test_workers_with_skewed_clocks_are_neither_swept_early_nor_kept_late(
 
     from reconciler.git.ledger import Ledger
     from reconciler.protocol.schema import Capability
-    from reconciler.store.backends import LocalStore
+    from reconciler.store.local import LocalStore
     from worker.daemon import Worker, WorkerConfig
     from workerkit import CPU_CAPABILITY
 

@@ -18,15 +18,10 @@ import pytest
 
 from reconciler.protocol.errors import StoreError
 from reconciler.protocol.state import Artifact
-from reconciler.store.backends import (
-    LocalStore,
-    SshStore,
-    open_store,
-    pack_into,
-    serve_get,
-    serve_has,
-    serve_put,
-)
+from reconciler.store.backends import open_store, pack_into
+from reconciler.store.local import LocalStore
+from reconciler.store.serve import serve_get, serve_has, serve_put
+from reconciler.store.ssh import SshStore
 
 DATA = b"bundle bytes; the store only cares that they hash to their name\n" * 1000
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -141,7 +136,7 @@ def test_concurrent_puts_of_one_sha_in_threads(store: LocalStore) -> None:
 CHILD_PUT = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from reconciler.store.backends import LocalStore
+    from reconciler.store.local import LocalStore
     store = LocalStore(Path(sys.argv[1]))
     print("ready", flush=True)
     sys.stdin.readline()  # the barrier: every child is imported and waiting
@@ -208,7 +203,8 @@ CHILD_FULL = textwrap.dedent("""
     import io, os, resource, sys
     from pathlib import Path
     from reconciler.protocol.errors import StoreError
-    from reconciler.store.backends import LocalStore, pack_into
+    from reconciler.store.backends import pack_into
+    from reconciler.store.local import LocalStore
     resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, resource.RLIM_INFINITY))
     store = LocalStore(Path(sys.argv[1]))
     data = os.urandom(1 << 20)
@@ -270,17 +266,17 @@ def test_open_store_picks_the_kind_by_url(tmp_path: Path) -> None:
 FAKE_SSH = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from reconciler.store import backends as store
+    from reconciler.store import serve
     root, log, *argv = sys.argv[1:]
     with open(log, "a") as f:
         f.write(" ".join(argv) + "\\n")
     command, sha = argv[-2:]
     if command == "store-put":
-        sys.exit(store.serve_put(Path(root), sha, sys.stdin.buffer))
+        sys.exit(serve.serve_put(Path(root), sha, sys.stdin.buffer))
     if command == "store-get":
-        sys.exit(store.serve_get(Path(root), sha, sys.stdout.buffer))
+        sys.exit(serve.serve_get(Path(root), sha, sys.stdout.buffer))
     if command == "store-has":
-        sys.exit(store.serve_has(Path(root), sha))
+        sys.exit(serve.serve_has(Path(root), sha))
     print("trainledger-shell: not allowed", file=sys.stderr)
     sys.exit(1)
 """)

@@ -18,7 +18,8 @@ import pytest
 import zstandard
 
 from reconciler.protocol.errors import BundleError
-from reconciler.store.bundle import pack, unpack
+from reconciler.store.bundle import pack
+from reconciler.store.unpack import unpack
 
 # ------------------------------------------------------------------ helpers
 

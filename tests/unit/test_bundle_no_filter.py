@@ -11,12 +11,12 @@ import pytest
 import zstandard
 
 from reconciler.protocol.errors import BundleError
-from reconciler.store import bundle
+from reconciler.store import bundle, unpack
 
 
 @pytest.fixture(params=[True, False], ids=["data-filter", "by-hand"])
 def filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    monkeypatch.setattr(bundle, "HAS_DATA_FILTER", request.param)
+    monkeypatch.setattr(unpack, "HAS_DATA_FILTER", request.param)
     return request.param
 
 
@@ -29,7 +29,7 @@ def test_unpack_writes_the_same_files_either_way(tmp_path: Path, filters: bool) 
     with (tmp_path / "b.tar.zst").open("wb") as out:
         bundle.pack(src, out)
     dest = tmp_path / "dest"
-    bundle.unpack(tmp_path / "b.tar.zst", dest)
+    unpack.unpack(tmp_path / "b.tar.zst", dest)
     assert (dest / "metrics.json").read_text() == '{"acc": 1}'
     mode = (dest / "sub" / "run.sh").stat().st_mode
     assert mode & 0o7000 == 0 and mode & 0o022 == 0  # no setuid, not writable by others
@@ -45,5 +45,5 @@ def test_a_link_is_still_refused_before_anything_is_written(tmp_path: Path,
     path = tmp_path / "evil.tar.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
     with pytest.raises(BundleError):
-        bundle.unpack(path, tmp_path / "dest")
+        unpack.unpack(path, tmp_path / "dest")
     assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())

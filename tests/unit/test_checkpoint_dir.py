@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.protocol.errors import StoreError
 from reconciler.protocol.schema import Checkpoint
-from reconciler.store.backends import LocalStore
+from reconciler.store.local import LocalStore
 from worker.checkpoint import CheckpointDir
 
 

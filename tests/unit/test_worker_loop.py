@@ -146,7 +146,7 @@ def test_a_store_that_fails_spends_the_budget_and_fails_the_job(tmp_path: Path) 
 
 
 def _broken_store(tmp: Path):
-    from reconciler.store.backends import LocalStore
+    from reconciler.store.local import LocalStore
 
     path = tmp / "store-is-a-file"
     path.write_text("not a directory\n")
