@@ -74,10 +74,20 @@ _LOST_MARKERS = (
     "non-fast-forward", "fetch first", "stale info", "cannot lock ref", "failed to update ref",
     "failed to lock", "but expected", "incorrect old value",
 )
+# Remote rejections that say no for good. Any other `[remote rejected]` (an
+# unpacker error, a failed write, receive-pack dying beside its own `gc --auto`)
+# is the server failing, not answering: the push may or may not have landed.
+_FINAL_REJECTIONS = (
+    "hook declined", "deletion prohibited", "shallow update not allowed", "hidden ref",
+    "pack exceeds maximum allowed size", "currently checked out",
+)
 
 
 def read_push(returncode: int, out: str, err: str) -> PushResult:
-    """The result of a `git push --porcelain` from its exit status and output."""
+    """The result of a `git push --porcelain` from its exit status and output.
+
+    REJECTED is an answer (the hook's or git's policy) and is never retried;
+    AMBIGUOUS is checked against the ledger and retried like a lost race."""
     status_lines = [ln for ln in out.splitlines() if ln[:1] in "!=*+- " and "\t" in ln]
     if returncode == 0 and status_lines and status_lines[0][0] != "!":
         return PushResult(PushStatus.WON)
@@ -86,8 +96,9 @@ def read_push(returncode: int, out: str, err: str) -> PushResult:
         ln.removeprefix("remote:").strip() for ln in err.splitlines()
         if ln.startswith("remote:") and ln.removeprefix("remote:").strip()
     )
-    if any(marker in text for marker in _LOST_MARKERS) and "hook declined" not in text:
+    final = any(marker in text for marker in _FINAL_REJECTIONS)
+    if any(marker in text for marker in _LOST_MARKERS) and not final:
         return PushResult(PushStatus.LOST, text.strip())
-    if "hook declined" in text or ("[remote rejected]" in text) or "[rejected]" in text:
+    if final or "[rejected]" in text:
         return PushResult(PushStatus.REJECTED, remote or text.strip())
     return PushResult(PushStatus.AMBIGUOUS, text.strip())
