@@ -209,7 +209,7 @@ def row_worker_crash_loop(f: FaultRun) -> None:
         rig.start_worker(victim)
     assert kills >= 2, "no worker was ever killed while holding a job in the loop"
     # the parent-death signal: a dead worker's trainer dies with it
-    wait_for(lambda: not any(pid_alive(pid) for pid in orphans), timeout=5,
+    wait_for(lambda: not any(pid_alive(pid) for pid in orphans), timeout=slack(5),
              what=f"the trainers of killed workers ({orphans}) to be gone")
     report = f.check(rig)
     assert report.sweeps >= 1, "no job held by a killed worker was ever swept"
@@ -251,19 +251,21 @@ def row_stale_worker_returns(f: FaultRun) -> None:
     stopped = time.monotonic()
     rig.start_worker("awake")
     wait_for(lambda: (s := rig.state("held")).attempt == 2 and s.holder == "awake",
-             timeout=30, what="the sweep and awake's claim while sleepy sleeps")
+             timeout=slack(10) + 3 * rig.stale,
+             what="the sweep and awake's claim while sleepy sleeps")
     time.sleep(max(0.0, stopped + 2 * rig.stale - time.monotonic()))
     sleepy.signal(signal.SIGCONT)
     os.killpg(pid, signal.SIGCONT)
     woke = time.monotonic()
     # the old holder learns at its next beat that attempt 1 is gone: trainer killed
-    wait_for(lambda: not pid_alive(pid), timeout=10, what="sleepy's trainer to be killed")
+    wait_for(lambda: not pid_alive(pid), timeout=slack(5) + rig.stale,
+             what="sleepy's trainer to be killed")
     took = time.monotonic() - woke
     # by the heartbeat's news (revoked) or its own silent clock (self-fence), whichever first
     assert re.search(r"event=(revoked|self-fence) job=held attempt=1 ", sleepy.text()), \
         sleepy.text()[-2000:]
     # and a stale-attempt write, had it been sent, is refused naming job, attempt, holder
-    wait_for(lambda: rig.state("held").status is Status.RUNNING, timeout=20,
+    wait_for(lambda: rig.state("held").status is Status.RUNNING, timeout=slack(20),
              what="awake to start held")
     refusal = push_stale_result(rig, "sleepy", "held", 1)
     assert "job held" in refusal and "attempt 2" in refusal and "held by awake" in refusal, \
@@ -299,10 +301,11 @@ def row_partition(f: FaultRun) -> None:
     # tests/unit/test_worker_loop.py; here, the outcome: it fenced itself
     assert "event=self-fence job=cut-off attempt=1" in island.text()
     wait_for(lambda: (s := rig.state("cut-off")).attempt >= 2 and s.holder != "island",
-             timeout=30, what="another worker to take cut-off after the sweep")
+             timeout=slack(10) + 3 * rig.stale,
+             what="another worker to take cut-off after the sweep")
     time.sleep(max(0.0, cut + 2 * rig.stale - time.monotonic()))
     rig.proxy("island").heal()
-    wait_for(lambda: "event=beat-restored" in island.text(), timeout=30,
+    wait_for(lambda: "event=beat-restored" in island.text(), timeout=slack(10) + 2 * rig.stale,
              what="island's heartbeat to come back")
     refusal = push_stale_result(rig, "island", "cut-off", 1)
     assert "job cut-off" in refusal and "attempt" in refusal, refusal
@@ -336,7 +339,7 @@ def row_ambiguous_push(f: FaultRun) -> None:
         job, attempt = re.match(r"\w+ (\S+) by w1 \(attempt (\d+)\)", subject).groups()
         # the worker re-fetches, finds its commit and carries on as the winner
         wait_for(lambda job=job, attempt=attempt, label=label: re.search(
-            rf"event={label} job={job} attempt={attempt}\b", w.text()), timeout=30,
+            rf"event={label} job={job} attempt={attempt}\b", w.text()), timeout=slack(30),
             what=f"w1 to see that its ambiguous {label} of {job} landed")
         assert subprocess.run(["git", "-C", str(rig.led.path), "merge-base", "--is-ancestor",
                                sha, "main"]).returncode == 0
@@ -450,7 +453,7 @@ def row_clock_skew(f: FaultRun) -> None:
     plain = rig.start_worker("plain")
     wait_for(lambda: {s.holder for s in rig.states().values()
                       if s.status is Status.RUNNING} >= {"skewed", "plain"},
-             timeout=60, what="both workers to run a long job")
+             timeout=slack(60), what="both workers to run a long job")
     jobs = {s.holder: s.name for s in rig.states().values() if s.status is Status.RUNNING}
     watch = RefWatch(rig, ["skewed", "plain"], list(jobs.values()))
     watch.start()
@@ -464,7 +467,8 @@ def row_clock_skew(f: FaultRun) -> None:
         w.signal(signal.SIGKILL)
     for w in (skewed, plain):
         w.wait(30)
-    wait_for(lambda: len(watch.released) == 2, timeout=30, what="both jobs to be swept")
+    wait_for(lambda: len(watch.released) == 2, timeout=slack(10) + 3 * rig.stale,
+             what="both jobs to be swept")
     watch.stop.set()
     watch.join()
     delay = {w: watch.released[jobs[w]] - watch.beat_changed[w] for w in ("skewed", "plain")}
@@ -499,7 +503,7 @@ def row_server_kill_mid_push(f: FaultRun) -> None:
     job = re.match(r"start (\S+) by", subject).group(1)
     wait_for(lambda: subprocess.run(["git", "-C", str(rig.led.path), "merge-base",
                                      "--is-ancestor", sha, "main"]).returncode == 0,
-             timeout=10, what="the killed push's commit on main")
+             timeout=slack(10), what="the killed push's commit on main")
     # 2. killed holding refs/heads/main.lock: nothing moved, and the lock stays
     # (opened first: a lock left by the kill would hold the operator's push too; w2
     # still pushes spare's completion after the arm, a second of training later)
@@ -508,7 +512,7 @@ def row_server_kill_mid_push(f: FaultRun) -> None:
     old, sha, subject = rig.fired("before")
     lock = rig.led.path / "refs" / "heads" / "main.lock"
     wait_for(lambda: all(w.proc.poll() is None for w in rig.workers.values()) and
-             lock.exists(), timeout=10, what="the stale lock")
+             lock.exists(), timeout=slack(10), what="the stale lock")
     time.sleep(1.0)  # the fleet keeps pushing into the lock meanwhile
     assert rig.main() == old, "main moved although receive-pack died before the commit"
     assert subprocess.run(["git", "-C", str(rig.led.path), "merge-base", "--is-ancestor", sha,
@@ -656,7 +660,7 @@ def row_operator_during_load(f: FaultRun) -> None:
     # requeue: a completed job runs again, at the next attempt
     done = wait_for(lambda: next((s for s in rig.states().values()
                                   if s.status is Status.COMPLETED and s.name != "late"), None),
-                    timeout=60, what="a completed job")
+                    timeout=slack(60), what="a completed job")
     operator("requeue", done.name)
     f.check(rig)
     again = rig.state(done.name)
