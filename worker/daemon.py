@@ -91,10 +91,13 @@ class Worker(ClaimSteps, ResultSteps, FencedWrites, PipelineSteps):
         self._revoked: dict[tuple[str, int], str] = {}
         self._signals = 0
         self._unreachable_since: float | None = None
+        self._write_error = ""  # the last failed write's first line, for the give-up
         self._paused_why: str | None = None
         self._refusal: str | None = None  # the hook's last "no" to a write
         self._refusals_logged: set[str] = set()
         self._last_fsck = float("-inf")
+        self._recloned_at: float | None = None  # the cache's last re-clone, until a write lands
+        self._cache_hopeless: str | None = None  # why the cache cannot be repaired
         self._eligible_jobs = EligibleJobs()
         self._eligible_at: tuple[object, ...] | None = None  # (revision, manifest, capability)
         self._manifest_error: str | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from reconciler.git.cacherepair import cache_damage, reclone
 from reconciler.git.push import Proposal, compute_backoff
 from reconciler.git.snapshot import Snapshot
 from reconciler.protocol import transitions
@@ -42,11 +41,13 @@ class FencedWrites:
                 return None
             if self._repair_cache(what, exc):
                 return self._write(build, what)
+            self._write_error = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             if self._unreachable_since is None:
                 self._unreachable_since = self.clock()
                 log.warning("event=ledger-unreachable worker=%s during=%s error=%s", self.name,
                             what, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return None
+        self._recloned_at = self._cache_hopeless = None  # a write landed: the cache works
         if self._unreachable_since is not None:
             event("ledger-reachable", worker=self.name,
                   outage_s=f"{self.clock() - self._unreachable_since:.1f}")
@@ -61,12 +62,20 @@ class FencedWrites:
                 or self.clock() - self._last_fsck < self._heartbeat_s():
             return False
         self._last_fsck = self.clock()
-        damage = cache_damage(self.ledger)
+        damage = self.ledger.repair_cache()
         if damage is None:
             return False
-        log.warning("event=cache-broken worker=%s during=%s error=%r damage=%r action=re-clone",
-                    self.name, what, (str(exc).splitlines() or [""])[0][:300], damage)
-        reclone(self.ledger)
+        # damaged again after a re-clone with no write landed in between: a disk
+        # that corrupts what is written to it; waiting helps no more than retrying
+        hopeless = (self._recloned_at is not None
+                    and self.clock() - self._recloned_at < self._lease().renew_deadline_s)
+        log.warning("event=cache-broken worker=%s during=%s error=%r damage=%r action=%s",
+                    self.name, what, (str(exc).splitlines() or [""])[0][:300], damage,
+                    "give-up" if hopeless else "re-clone")
+        if hopeless:
+            self._cache_hopeless = f"the ledger cache stays damaged after a re-clone: {damage}"
+            return False
+        self._recloned_at = self.clock()
         self._eligible_at = None
         return True
 
@@ -105,8 +114,9 @@ class FencedWrites:
             stuck = (self.clock() - first_failure > self._lease().renew_deadline_s
                      and self._unreachable_since is not None and not lease_lost)
             why = (f"the ledger refused the write: {self._refusal}" if self._refusal
+                   else self._cache_hopeless if self._cache_hopeless
                    else "writes failing for over 2/3 of stale_after_s while heartbeats "
-                   "land" if stuck else None)
+                   f"land: {self._write_error}" if stuck else None)
             if why is not None:
                 self._give_up(list(updates), why)
                 return set()

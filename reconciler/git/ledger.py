@@ -361,6 +361,14 @@ class Ledger:
         for commit in proc.stdout.decode().split():
             yield commit, self.repo.git("show", f"{commit}:manifest.toml", check=False).stdout
 
+    def repair_cache(self) -> str | None:
+        from reconciler.git.cacherepair import cache_damage, reclone  # imports Ledger
+
+        damage = cache_damage(self)
+        if damage is not None:
+            reclone(self)
+        return damage
+
     def gc(self) -> None:
         self.repo.git("gc", "--auto", "--quiet", check=False, timeout=600)
 

@@ -138,10 +138,26 @@ class MemoryPort:
         self.clock = mem.clock
         self._manifests: dict[bytes, tuple[LoadedManifest | None, str | None]] = {}
         self._fetched: str | None = None
+        self.damage: str | None = None  # see break_cache
+        self._repairable = True
 
     def _reachable(self, what: str) -> None:
         if self.mem.down:
             raise GitError(f"{what} {self.url} failed: the ledger is unreachable")
+        if self.damage is not None:
+            raise GitError(f"{what} {self.url} failed: {self.damage}")
+
+    def break_cache(self, damage: str, *, repairable: bool = True) -> None:
+        """This port's local cache is damaged: every fetch and write fails with
+        `damage` until repair_cache replaces it (never, if not `repairable`: a
+        disk that keeps corrupting what is written to it)."""
+        self.damage, self._repairable = damage, repairable
+
+    def repair_cache(self) -> str | None:
+        damage = self.damage
+        if damage is not None and self._repairable:
+            self.damage = None
+        return damage
 
     def close(self) -> None:
         pass

@@ -52,5 +52,11 @@ class LedgerPort(Protocol):
         """Housekeeping of the local cache (loose objects of amended beats)."""
         ...
 
+    def repair_cache(self) -> str | None:
+        """After a write failed that the ledger alone does not explain: check the
+        local cache and, when it is damaged, replace it; what was wrong, or None
+        when the cache is sound (the failure is then the ledger's or the network's)."""
+        ...
+
     def close(self) -> None:
         ...

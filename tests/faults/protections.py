@@ -124,6 +124,10 @@ MUTATIONS += [
              "re-clones it when damaged", "worker/writes.py",
              "            if self._repair_cache(what, exc):", "            if False:",
              test=REFUSALS),
+    Mutation("a_cache_that_stays_damaged_hands_the_job_over", "a cache damaged again after "
+             "a re-clone is given up at once, saying why", "worker/writes.py",
+             "        if hopeless:\n", "        if False:\n",
+             test="tests/unit/test_broken_cache.py"),
     Mutation("beats_failing_stop_claims_and_spend_budget", "a self-fenced release spends "
              "one claim", "worker/daemon.py",
              '"released: lease lost")},\n                              count=True)',

@@ -1,0 +1,112 @@
+"""A worker whose ledger cache is damaged (issue 19, finding 1b), on fake time
+against the in-memory ledger: a cache a re-clone repairs costs nothing; a cache
+that stays damaged after a re-clone (a disk that corrupts what is written to it)
+makes the worker give the job up at once, saying why, and the reconciler hands
+it to another worker within stale_after_s and a beat or two of the damage."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from loopkit import FakeClock, FakeRun, fake_worker, memory_ledger
+from reconciler.daemon.loop import Reconciler
+from reconciler.protocol.state import Status
+
+HEARTBEAT_S, STALE_S = 5.0, 60.0
+DAMAGE = "error: inflate: data stream error (incorrect header check)"
+
+
+def the_job(mem):
+    (state,) = mem.states().values()
+    return state
+
+
+def beating_sleep(worker, clock: FakeClock):
+    """The worker's sleep, with its heartbeat thread's beats in between (the
+    thread does not run here: time is the test's)."""
+    def sleep(seconds: float) -> None:
+        while seconds > 0:
+            step = min(seconds, HEARTBEAT_S)
+            clock.sleep(step)
+            seconds -= step
+            worker.beater.beat_once()
+    return sleep
+
+
+@pytest.fixture
+def worker_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="trainledger.worker")
+    return caplog
+
+
+def test_a_cache_a_reclone_repairs_costs_nothing(tmp_path: Path, worker_log) -> None:
+    clock = FakeClock()
+    mem = memory_ledger(clock, [{"name": "a", "seed": 1}], heartbeat_s=HEARTBEAT_S,
+                        stale_after_s=STALE_S)
+    w1 = fake_worker(mem, clock, tmp_path)
+    w1.beater.beat_once()
+    w1.step()
+    (run,) = FakeRun.runs
+    w1.ledger.break_cache(DAMAGE)
+    run.finish(0)
+    w1.step()
+    assert the_job(mem).status is Status.COMPLETED
+    assert [m[:3] for m in mem.moves() if m[3] == "running->completed"] == [("w1", "a", 1)]
+    assert "event=cache-broken worker=w1" in worker_log.text
+    assert "action=re-clone" in worker_log.text and "event=gave-up" not in worker_log.text
+
+
+def test_a_cache_that_stays_damaged_hands_the_job_over(tmp_path: Path, worker_log) -> None:
+    clock = FakeClock()
+    mem = memory_ledger(clock, [{"name": "a", "seed": 1}], heartbeat_s=HEARTBEAT_S,
+                        stale_after_s=STALE_S, max_attempts=3)
+    rec = Reconciler(mem.port("reconciler"), clock=clock, recheck=None)
+    rec.pass_once()
+    w1 = fake_worker(mem, clock, tmp_path)
+    w1.sleep = beating_sleep(w1, clock)
+    w1.beater.beat_once()
+    w1.step()
+    (run,) = FakeRun.runs
+    assert the_job(mem).status is Status.RUNNING
+    # Given w1's cache goes bad for good (its heartbeats use their own cache and land)
+    damaged_at = clock()
+    w1.ledger.break_cache(DAMAGE, repairable=False)
+    run.finish(0)
+    # When w1 tries to record the result
+    w1.step()
+    # Then it re-clones once, finds the cache damaged again, and gives the job up
+    # at its next check (a heartbeat later), saying exactly why
+    text = worker_log.text
+    assert text.count("event=cache-broken worker=w1") == 2, text
+    assert "action=re-clone" in text and "action=give-up" in text
+    assert "event=gave-up job=a attempt=1 worker=w1" in text
+    assert f"the ledger cache stays damaged after a re-clone: {DAMAGE}" in text
+    gave_up_after = clock() - damaged_at
+    assert gave_up_after <= 2 * HEARTBEAT_S, gave_up_after
+    # and its beats stop naming the job while w1 itself stays alive
+    w1.beater.beat_once()
+    assert mem.beats["w1"].beat.jobs == []
+    assert the_job(mem).status is Status.RUNNING  # nothing w1 wrote landed
+    # And the reconciler sweeps it once w1 has said nothing of it for stale_after_s
+    while the_job(mem).status is not Status.PENDING:
+        assert clock() - damaged_at < STALE_S + 3 * HEARTBEAT_S, "never swept"
+        clock.sleep(1.0)
+        if clock() % HEARTBEAT_S < 1.0:
+            w1.beater.beat_once()
+        rec.pass_once()
+    swept = the_job(mem)
+    assert swept.lost == 1 and swept.holder is None
+    # so that another worker claims it within stale_after_s and a beat or two of the damage
+    w2 = fake_worker(mem, clock, tmp_path, name="w2")
+    w2.step()
+    state = the_job(mem)
+    assert (state.status, state.holder, state.attempt) == (Status.RUNNING, "w2", 2)
+    handed_over_after = clock() - damaged_at
+    assert STALE_S <= handed_over_after <= STALE_S + 2 * HEARTBEAT_S, handed_over_after
+    FakeRun.runs[-1].finish(0)
+    w2.step()
+    assert the_job(mem).status is Status.COMPLETED
+    assert [m[0] for m in mem.moves() if m[3] == "running->completed"] == ["w2"]
