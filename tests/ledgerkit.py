@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -102,3 +103,17 @@ def operator_push(led: LedgerDir, clone: Path, path: str, text: str, message: st
     subprocess.run(["git", "-C", str(clone), "pull", "-q", "--rebase"], check=True)
     subprocess.run(["git", "-C", str(clone), "push", "-q", "origin", "HEAD:main"], check=True,
                    env={**os.environ, "TRAINLEDGER_IDENTITY": "operator"})
+
+
+def start_reconciler(led: LedgerDir, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """`reconciler run` on the ledger, as its own process, logging to reconciler.log."""
+    log = (led.root / "reconciler.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--ledger", led.url,
+                             "--state-dir", str(led.root / "rec"), *extra], stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, and a clean exit within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

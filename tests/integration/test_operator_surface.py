@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledgerkit import LedgerDir, make_ledger, manifest_text, operator_push
+from ledgerkit import LedgerDir, make_ledger, manifest_text, operator_push, start_reconciler
 from reconciler.cli.main import main
 from workerkit import Fleet, wait_for
 
@@ -48,13 +48,6 @@ def ok_json(*args: str) -> dict:
 def run_cli(*args: str, module: str = "reconciler.cli.main", **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                           text=True, timeout=120, **kw)
-
-
-def start_reconciler(led: LedgerDir, *extra: str) -> subprocess.Popen:
-    log = (led.root / "reconciler.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--ledger", led.url,
-                             "--state-dir", str(led.root / "rec"), *extra], stdout=log,
-                            stderr=subprocess.STDOUT)
 
 
 def operator_commit(led: LedgerDir, clone: Path, text: str) -> None:

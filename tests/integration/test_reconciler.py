@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ledgerkit import LedgerDir, make_ledger, manifest_text
+from ledgerkit import LedgerDir, make_ledger, manifest_text, start_reconciler, stop
 from reconciler.cli.main import main
 from reconciler.protocol.state import Status
 from workerkit import Fleet, wait_for
@@ -49,18 +49,6 @@ def cli_proc(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc
-
-
-def start_reconciler(led: LedgerDir, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    log = (led.root / "reconciler.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "reconciler.cli", "run", "--ledger", led.url,
-                             "--state-dir", str(led.root / "rec"), *extra], stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
 
 
 def status(led: LedgerDir) -> dict:

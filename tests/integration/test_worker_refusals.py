@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_reconciler import start_reconciler, stop
 
-from ledgerkit import LedgerDir, make_ledger, operator_push
+from ledgerkit import LedgerDir, make_ledger, operator_push, start_reconciler, stop
 from reconciler.protocol.schema import Status
 from workerkit import Fleet, WorkerProc, wait_for
 
