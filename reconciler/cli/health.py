@@ -15,11 +15,10 @@ this host's clock; run it on the Pi, or keep the clocks in NTP.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from reconciler.cli.main import add_ledger_arg
+from reconciler.cli.util import json_text
 from reconciler.protocol.errors import LedgerError
 
 HEALTHY, DEGRADED, DOWN = 0, 1, 2
@@ -71,7 +70,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         verdict = {"status": "down", "exit": DOWN, "revision": None,
                    "reasons": [f"the ledger cannot be read: {str(exc).splitlines()[0]}"]}
     if args.json:
-        print(json.dumps(verdict, sort_keys=True, indent=2 if sys.stdout.isatty() else None))
+        print(json_text(verdict))
     else:
         live = verdict.get("workers_live")
         tail = f" ({live} worker(s) live)" if live is not None else ""

@@ -13,11 +13,10 @@ tab-separated, ready to paste into a spreadsheet.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from reconciler.cli.main import add_ledger_arg
+from reconciler.cli.util import json_text
 from reconciler.git.snapshot import Snapshot
 from reconciler.protocol.errors import LedgerError
 from reconciler.protocol.state import Status
@@ -99,9 +98,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         snap = ledger.snapshot(tip)
     rows = sort_rows(rows_of(snap, args.model), args.sort, args.desc)
     if args.json:
-        print(json.dumps({"revision": snap.revision, "sort": args.sort, "desc": args.desc,
-                          "rows": rows}, sort_keys=True,
-                         indent=2 if sys.stdout.isatty() else None))
+        print(json_text({"revision": snap.revision, "sort": args.sort, "desc": args.desc,
+                         "rows": rows}))
     else:
         print(render(rows))
     return 0

@@ -108,6 +108,12 @@ def under_journald() -> bool:
     return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
 
 
+def json_text(doc: object) -> str:
+    """A `--json` document: indented for a person at a terminal, compact (and
+    ~10x faster to write) for a script; keys sorted, so it diffs."""
+    return json.dumps(doc, sort_keys=True, indent=2 if sys.stdout.isatty() else None)
+
+
 def parse_fields(message: str) -> dict[str, str]:
     """`event=claim job=a attempt=2 free text` -> {event, job, attempt}: the
     key=value tokens of the project's log lines (the rest stays in msg)."""

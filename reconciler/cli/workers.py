@@ -5,11 +5,10 @@ what it has and what is free. Read from the heartbeat refs, like `status`."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from reconciler.cli.main import add_ledger_arg
+from reconciler.cli.util import json_text
 
 
 def worker_doc(doc: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +41,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
     out = worker_doc(read_status(args.ledger))
     if args.json:
-        print(json.dumps(out, sort_keys=True, indent=2 if sys.stdout.isatty() else None))
+        print(json_text(out))
     else:
         print(render(out))
     return 0
