@@ -19,6 +19,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from reconciler.git.push import Proposal, WriteOutcome
 from reconciler.git.snapshot import HeartbeatRecord, Snapshot
@@ -223,23 +224,30 @@ class MemoryPort:
         message = trailers.render(subject, proposal.changes, self.identity, proposal.body,
                                   proposal.kind or trailers.MOVES)
         if self.mem.hook and not is_restore(message):
-            actor = self.mem.access.actor(self.identity)
             budget = Lease.of(snap.manifest.fleet if snap.manifest else None).max_attempts
             for old, new in changes.values():
                 try:
-                    check_transition(old, new, actor, max_attempts=budget)
+                    check_transition(old, new, self.mem.access.actor(self.identity),
+                                     max_attempts=budget)
                 except Exception as exc:
-                    self.mem.rejected.append(str(exc))
-                    raise PushRejected(f"{self.url} refused the push: {exc}",
-                                       reason=str(exc)) from None
+                    self._refuse(str(exc))
         meanings = {c.job_id: c.meaning for c in proposal.changes}
         return self.mem._append(self.identity, message, changes, meanings,
                                 self.mem.tip.manifest).sha
 
     # ------------------------------------------------------------ heartbeats
 
+    def _refuse(self, why: str) -> NoReturn:
+        """What the pre-receive hook's refusal reads like to the pusher."""
+        self.mem.rejected.append(why)
+        reason = f"trainledger: refused: {why}"
+        raise PushRejected(f"{self.url} refused the push: {reason}", reason=reason) from None
+
     def push_heartbeat(self, beat: Heartbeat) -> str:
         self._reachable("heartbeat push to")
+        if self.mem.hook and self.mem.access.role_of(self.identity) is None:
+            self._refuse(f"refs/heartbeats/{self.identity}: identity {self.identity!r} has no "
+                         "role in access.toml; it may not heartbeat")
         sha = hashlib.sha1(f"beat {self.identity} {beat.seq} {id(beat)}".encode()).hexdigest()
         self.mem.beats[self.identity] = HeartbeatRecord(self.identity, sha, beat, None,
                                                         self.clock())

@@ -127,7 +127,11 @@ MUTATIONS += [
     Mutation("a_cache_that_stays_damaged_hands_the_job_over", "a cache damaged again after "
              "a re-clone is given up at once, saying why", "worker/writes.py",
              "        if hopeless:\n", "        if False:\n",
-             test="tests/unit/test_broken_cache.py"),
+             test="tests/unit/test_handover.py"),
+    Mutation("a_worker_whose_role_is_removed_loses_the_job_within_stale_after_s_and_a_beat",
+             "a worker whose beat the hook refuses gives up what it holds at once",
+             "worker/daemon.py", "        if self.runs and refused:\n", "        if False:\n",
+             test="tests/unit/test_handover.py"),
     Mutation("beats_failing_stop_claims_and_spend_budget", "a self-fenced release spends "
              "one claim", "worker/daemon.py",
              '"released: lease lost")},\n                              count=True)',

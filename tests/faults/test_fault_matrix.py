@@ -621,7 +621,10 @@ def row_operator_during_load(f: FaultRun) -> None:
     # commit opens both and raises late above rival: however fast the fleet has
     # drained the others by then, the first claim after it shows the priority
     held_back = {**HELD_BACK, "hyper": {"seconds": 1}}
-    rig = f.rig([{"name": "long", "seed": 99, "priority": 5, "hyper": {"seconds": 60}},
+    # long outlasts the operator's first commit, which under load may lose races
+    # to busy workers for a minute (seen in the soak at scale 3.5)
+    rig = f.rig([{"name": "long", "seed": 99, "priority": 5,
+                  "hyper": {"seconds": round(60 * f.scale)}},
                  *quick_jobs(p.jobs, f.rng, p),
                  {"name": "rival", "seed": 97, "priority": 50, **held_back},
                  {"name": "late", "seed": 98, "priority": -5, **held_back}])

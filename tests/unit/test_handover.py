@@ -1,8 +1,9 @@
-"""A worker whose ledger cache is damaged (issue 19, finding 1b), on fake time
-against the in-memory ledger: a cache a re-clone repairs costs nothing; a cache
-that stays damaged after a re-clone (a disk that corrupts what is written to it)
-makes the worker give the job up at once, saying why, and the reconciler hands
-it to another worker within stale_after_s and a beat or two of the damage."""
+"""A worker that cannot finish what it holds hands it over (issue 19, finding 1),
+on fake time against the in-memory ledger, with the real reconciler loop and a
+second worker: a ledger cache a re-clone repairs costs nothing; a cache that
+stays damaged after a re-clone (a disk that corrupts what is written to it), or
+an operator removing the worker's role, makes it give the job up at once,
+saying why, and another worker has it within stale_after_s and a beat or two."""
 
 from __future__ import annotations
 
@@ -110,3 +111,43 @@ def test_a_cache_that_stays_damaged_hands_the_job_over(tmp_path: Path, worker_lo
     w2.step()
     assert the_job(mem).status is Status.COMPLETED
     assert [m[0] for m in mem.moves() if m[3] == "running->completed"] == ["w2"]
+
+
+def test_a_worker_whose_role_is_removed_loses_the_job_within_stale_after_s_and_a_beat(
+        tmp_path: Path, worker_log) -> None:
+    """Finding 1a on exact time: the operator drops w1 from `workers` while it
+    trains. The hook refuses w1's next beat, so its last sign of life is at most
+    a beat after the change, and the job is w2's stale_after_s later."""
+    from reconciler.protocol.access import load_access
+
+    clock = FakeClock()
+    mem = memory_ledger(clock, [{"name": "a", "seed": 1}], heartbeat_s=HEARTBEAT_S,
+                        stale_after_s=STALE_S, max_attempts=3)
+    mem.access = load_access(b'workers = ["w1", "w2"]\n')
+    rec = Reconciler(mem.port("reconciler"), clock=clock, recheck=None)
+    rec.pass_once()
+    w1 = fake_worker(mem, clock, tmp_path)
+    w1.beater.beat_once()
+    w1.step()
+    (run,) = FakeRun.runs
+    clock.sleep(HEARTBEAT_S / 2)  # the change falls between two beats
+    changed_at = clock()
+    mem.access = load_access(b'workers = ["w2"]\n')
+    while the_job(mem).status is not Status.PENDING:
+        assert clock() - changed_at < STALE_S + 3 * HEARTBEAT_S, "never swept"
+        clock.sleep(0.5)
+        if clock() % HEARTBEAT_S < 0.5:
+            w1.beater.beat_once()
+        w1.step()
+        rec.pass_once()
+    # w1 gave the job up at its first refused beat, saying why, and stopped training
+    assert "event=gave-up job=a attempt=1 worker=w1" in worker_log.text
+    assert "has no role in access.toml" in worker_log.text
+    assert run.stopped is not None and "heartbeat refused" in run.stopped
+    w2 = fake_worker(mem, clock, tmp_path, name="w2")
+    w2.step()
+    state = the_job(mem)
+    assert (state.status, state.holder, state.attempt) == (Status.RUNNING, "w2", 2)
+    handed_over_after = clock() - changed_at
+    assert handed_over_after <= STALE_S + HEARTBEAT_S, handed_over_after
+    assert [c.author for c in mem.commits if "sweep" in c.meanings.values()] == ["reconciler"]
