@@ -37,6 +37,20 @@ def beating_sleep(worker, clock: FakeClock):
     return sleep
 
 
+def until_swept(mem, clock: FakeClock, rec: Reconciler, worker, *, since: float, tick: float,
+                step: bool = False) -> None:
+    """Time moves in `tick`s: the worker beats every heartbeat_s (and steps, if
+    asked), the reconciler passes every tick, until the job is back at pending."""
+    while the_job(mem).status is not Status.PENDING:
+        assert clock() - since < STALE_S + 3 * HEARTBEAT_S, "never swept"
+        clock.sleep(tick)
+        if clock() % HEARTBEAT_S < tick:
+            worker.beater.beat_once()
+        if step:
+            worker.step()
+        rec.pass_once()
+
+
 @pytest.fixture
 def worker_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO, logger="trainledger.worker")
@@ -92,12 +106,7 @@ def test_a_cache_that_stays_damaged_hands_the_job_over(tmp_path: Path, worker_lo
     assert mem.beats["w1"].beat.jobs == []
     assert the_job(mem).status is Status.RUNNING  # nothing w1 wrote landed
     # And the reconciler sweeps it once w1 has said nothing of it for stale_after_s
-    while the_job(mem).status is not Status.PENDING:
-        assert clock() - damaged_at < STALE_S + 3 * HEARTBEAT_S, "never swept"
-        clock.sleep(1.0)
-        if clock() % HEARTBEAT_S < 1.0:
-            w1.beater.beat_once()
-        rec.pass_once()
+    until_swept(mem, clock, rec, w1, since=damaged_at, tick=1.0)
     swept = the_job(mem)
     assert swept.lost == 1 and swept.holder is None
     # so that another worker claims it within stale_after_s and a beat or two of the damage
@@ -133,13 +142,7 @@ def test_a_worker_whose_role_is_removed_loses_the_job_within_stale_after_s_and_a
     clock.sleep(HEARTBEAT_S / 2)  # the change falls between two beats
     changed_at = clock()
     mem.access = load_access(b'workers = ["w2"]\n')
-    while the_job(mem).status is not Status.PENDING:
-        assert clock() - changed_at < STALE_S + 3 * HEARTBEAT_S, "never swept"
-        clock.sleep(0.5)
-        if clock() % HEARTBEAT_S < 0.5:
-            w1.beater.beat_once()
-        w1.step()
-        rec.pass_once()
+    until_swept(mem, clock, rec, w1, since=changed_at, tick=0.5, step=True)
     # w1 gave the job up at its first refused beat, saying why, and stopped training
     assert "event=gave-up job=a attempt=1 worker=w1" in worker_log.text
     assert "has no role in access.toml" in worker_log.text
