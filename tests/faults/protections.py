@@ -202,8 +202,11 @@ MUTATIONS += [
              "if (problem := name_problem(args.name)) is not None:", "if (problem := None):",
              test=BOUNDS),
     Mutation("long_lines_keep_memory_and_log_bounded", "a trainer's lines are kept to "
-             "LINE_CAP bytes", "worker/logcap.py",
-             "        line = line[:self.cap]\n", "        line = line\n", test=BOUNDS),
+             "LINE_CAP bytes, when a line ends and while it runs on (since 16's line "
+             "reader, either suffices, so both are removed)", "worker/logcap.py",
+             "        line = line[:self.cap]\n", "        line = line\n",
+             also=(("worker/logcap.py", "            rest = rest[:self.cap]\n",
+                    "            pass\n"),), test=BOUNDS),
     Mutation("log_file_keeps_its_newest_part_under_the_cap", "the log file keeps its newest "
              "half past LOG_CAP", "worker/logcap.py",
              "        if self._size > self.cap:\n            self._cut()",
