@@ -261,9 +261,13 @@ def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> None:
 
 def test_ctrl_c_is_exit_130_without_a_traceback(tmp_path: Path) -> None:
     led = make_ledger(tmp_path, jobs=1, fleet=FAST)
+    # Ctrl-C as a terminal delivers it: to a process whose SIGINT is at its
+    # default. A suite started in the background by a non-interactive shell
+    # (`make test &`) inherits SIGINT ignored, and Python then keeps it ignored.
     proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "status", "--watch", "30",
                              "--ledger", led.url], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     wait_for(lambda: proc.stdout.readline(), 60, what="the first status frame")
     proc.send_signal(signal.SIGINT)
