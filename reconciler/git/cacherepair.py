@@ -9,9 +9,12 @@ while the ledger itself is fine. Retrying cannot help; a fresh clone does.
 from __future__ import annotations
 
 import shutil
+from typing import TYPE_CHECKING
 
-from reconciler.git.ledger import Ledger
 from reconciler.git.repo import GitRepo
+
+if TYPE_CHECKING:
+    from reconciler.git.ledger import Ledger
 
 FSCK_TIMEOUT_S = 120.0
 

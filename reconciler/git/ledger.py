@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from reconciler.git.cacherepair import cache_damage, reclone
 from reconciler.git.plumbing import DIFF_TREE_ARGS, parse_diff_tree
 from reconciler.git.push import (
     Proposal,
@@ -362,8 +363,6 @@ class Ledger:
             yield commit, self.repo.git("show", f"{commit}:manifest.toml", check=False).stdout
 
     def repair_cache(self) -> str | None:
-        from reconciler.git.cacherepair import cache_damage, reclone  # imports Ledger
-
         damage = cache_damage(self)
         if damage is not None:
             reclone(self)
